@@ -1,0 +1,48 @@
+"""Side-by-side reporting for the benchmarks.
+
+A benchmark calls ``record_unit_time(label, units)`` after ``benchmark(...)`` to store its
+mean time per unit (a decision, a round). At the end of the run every comparison in
+``COMPARISONS`` whose two sides both ran is printed as a ratio, so the thing and its
+reference are always measured in the same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+_seconds_per_unit: dict[str, float] = {}
+
+# (what is compared, candidate label, reference label); ratio = reference time / candidate time
+COMPARISONS = [
+    ("Thompson 5-arm round: cap.decide+feedback vs River", "capsule_round", "river_round"),
+    ("Thompson 5-arm round: cap.decide+feedback vs plain Python", "capsule_round", "python_round"),
+    ("Thompson 5-arm round: raw rule in a C loop vs River", "raw_rule_round", "river_round"),
+]
+
+
+@pytest.fixture
+def record_unit_time(benchmark):
+    def record(label: str, units: int) -> float | None:
+        if benchmark.disabled:
+            return None
+        per_unit = benchmark.stats.stats.mean / units
+        _seconds_per_unit[label] = per_unit
+        benchmark.extra_info["ns_per_unit"] = round(per_unit * 1e9, 1)
+        benchmark.extra_info["units_per_second"] = round(1.0 / per_unit)
+        return per_unit
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _seconds_per_unit:
+        return
+    terminalreporter.section("per-unit times and side-by-side ratios")
+    for label, seconds in sorted(_seconds_per_unit.items()):
+        terminalreporter.write_line(
+            f"{label:28s} {seconds * 1e9:12.1f} ns/unit {1 / seconds:16,.0f} units/s"
+        )
+    for title, candidate, reference in COMPARISONS:
+        if candidate in _seconds_per_unit and reference in _seconds_per_unit:
+            ratio = _seconds_per_unit[reference] / _seconds_per_unit[candidate]
+            terminalreporter.write_line(f"{title}: {ratio:.1f}x")

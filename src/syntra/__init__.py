@@ -1,0 +1,45 @@
+"""Syntra: a self-hosted decision service.
+
+A caller asks a capsule to decide among a fixed set of options for a context, later reports
+how the choice worked out, and Syntra learns per context which option wins.
+
+>>> from syntra import Engine
+>>> cap = Engine.memory(seed=1).install(
+...     "tenants/acme/jobs/retry/capsules/policy", options=["none", "fixed", "backoff"])
+>>> cap.decide("checkout").option in {"none", "fixed", "backoff"}
+True
+"""
+
+from syntra.engine import Capsule, Engine, RewardSpec
+from syntra.errors import (
+    CapsuleExists,
+    DuplicateFeedback,
+    InvalidConfig,
+    InvalidContext,
+    InvalidName,
+    InvalidReward,
+    SyntraError,
+    UnknownCapsule,
+    UnknownDecision,
+)
+from syntra.names import CapsuleName
+from syntra_core.learner import Decision
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Capsule",
+    "CapsuleExists",
+    "CapsuleName",
+    "Decision",
+    "DuplicateFeedback",
+    "Engine",
+    "InvalidConfig",
+    "InvalidContext",
+    "InvalidName",
+    "InvalidReward",
+    "RewardSpec",
+    "SyntraError",
+    "UnknownCapsule",
+    "UnknownDecision",
+]

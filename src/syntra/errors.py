@@ -1,0 +1,63 @@
+"""Typed errors raised by the engine.
+
+Every error is a :class:`SyntraError`, and also derives from the builtin exception a Python
+caller would expect (``ValueError`` for bad input, ``LookupError`` for unknown ids), so
+``except ValueError`` keeps working. The gRPC service maps each to a canonical status code.
+"""
+
+
+class SyntraError(Exception):
+    """Base class of every error Syntra raises on purpose."""
+
+
+class InvalidName(SyntraError, ValueError):
+    """A resource name is not ``tenants/{t}/jobs/{j}/capsules/{c}`` with valid parts."""
+
+
+class InvalidConfig(SyntraError, ValueError):
+    """A capsule's options, reward spec or algorithm settings are invalid."""
+
+
+class InvalidContext(SyntraError, ValueError):
+    """A decision's context is missing, of the wrong type or too large."""
+
+
+class UnknownCapsule(SyntraError, LookupError):
+    """No capsule is installed under this name."""
+
+    def __init__(self, name: str):
+        super().__init__(f"no capsule named {name!r}")
+        self.name = name
+
+
+class CapsuleExists(SyntraError):
+    """A capsule is already installed under this name."""
+
+    def __init__(self, name: str):
+        super().__init__(f"capsule {name!r} is already installed")
+        self.name = name
+
+
+class UnknownDecision(SyntraError, LookupError):
+    """The decision id was never issued by this capsule, or is malformed."""
+
+    def __init__(self, capsule: str, decision_id: object, detail: str = ""):
+        message = f"capsule {capsule!r} issued no decision {decision_id!r}"
+        super().__init__(f"{message}: {detail}" if detail else message)
+        self.capsule = capsule
+        self.decision_id = decision_id
+
+
+class DuplicateFeedback(SyntraError):
+    """Feedback for this decision was already applied; it was not applied again."""
+
+    def __init__(self, capsule: str, decision_id: str):
+        super().__init__(
+            f"decision {decision_id!r} of capsule {capsule!r} already has feedback"
+        )
+        self.capsule = capsule
+        self.decision_id = decision_id
+
+
+class InvalidReward(SyntraError, ValueError):
+    """A reward is not finite, or not allowed by the capsule's reward spec."""

@@ -1,0 +1,11 @@
+"""syntra_core: the compiled hot path of Syntra.
+
+Nothing here imports ``syntra``. Each module is a ``.pyx`` with a ``.pxd`` beside it, and
+modules ``cimport`` each other at C level:
+
+* :mod:`syntra_core.rng`: xoshiro256** streams derived from (seed, sequence), and the
+  uniform, normal, gamma and beta distributions.
+* :mod:`syntra_core.kernel`: the integer decision kernel (governance gates, utility in
+  microcents, ranking, digests).
+* :mod:`syntra_core.bandits`: sufficient statistics per context and the decision rules.
+"""

@@ -1,0 +1,62 @@
+# Sufficient statistics per context and the decision rules that read them.
+#
+# Every rule reads the same ArmTable, so every rule learns from every feedback. A rule's
+# per-decision work is a `noexcept nogil` C method that allocates nothing.
+
+from libc.stdint cimport int64_t, uint64_t
+from syntra_core.rng cimport Stream
+
+
+ctypedef struct ArmStats:
+    int64_t pulls        # rewards observed for this arm in this context
+    double reward_sum    # raw rewards, in the table's reward range
+    double reward_sq
+
+
+cpdef enum UpdateStatus:
+    UPDATE_OK = 0
+    UPDATE_NOT_FINITE = 1
+    UPDATE_OUT_OF_RANGE = 2
+    UPDATE_BAD_ARM = 3
+    UPDATE_NOT_BINARY = 4
+
+
+cdef class ArmTable:
+    cdef readonly int n_arms
+    cdef readonly double reward_low
+    cdef readonly double reward_high
+    cdef readonly bint binary      # rewards must be exactly reward_low or reward_high
+    cdef Py_ssize_t n_rows
+    cdef Py_ssize_t capacity
+    cdef ArmStats* stats       # n_rows x n_arms, row-major
+    cdef int64_t* row_pulls    # sum of pulls over the row's arms
+    cdef dict _rows            # context key -> row
+    cdef list _keys            # row -> context key
+
+    cdef Py_ssize_t row_for(self, object key) except -1
+    cdef Py_ssize_t find_row(self, object key)
+    cdef int _grow(self, Py_ssize_t capacity) except -1
+    cdef inline ArmStats* row_stats(self, Py_ssize_t row) noexcept nogil:
+        return self.stats + row * self.n_arms
+    cdef UpdateStatus update_c(self, Py_ssize_t row, int arm, double reward) noexcept nogil
+
+
+cdef class Rule:
+    cdef readonly ArmTable table
+    cdef Py_ssize_t cache_rows
+    cdef int prepare(self, Py_ssize_t row) except -1
+    cdef int select_c(self, Py_ssize_t row, Stream* st, double* propensity) noexcept nogil
+
+
+cdef class BetaThompson(Rule):
+    cdef readonly double prior_a
+    cdef readonly double prior_b
+    cdef readonly int samples
+    cdef readonly double max_staleness
+    cdef double* win_prob          # cache_rows x n_arms
+    cdef int64_t* refreshed_at     # row pulls at the last refresh; -1 = never
+    cdef void refresh(self, Py_ssize_t row, Stream* st) noexcept nogil
+
+
+cdef class UCB1(Rule):
+    cdef readonly double exploration

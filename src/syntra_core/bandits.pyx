@@ -1,0 +1,405 @@
+"""Sufficient statistics per context, and the first decision rules.
+
+An :class:`ArmTable` keeps, for every context it has seen and every arm, the number of
+rewards observed, their sum and their sum of squares. Rules read it and never write it,
+so all rules learn from every feedback and a meta-bandit can switch between them freely.
+
+Each rule returns an arm **and the probability it had of choosing that arm** (the
+propensity), which off-policy evaluation needs.
+
+* :class:`BetaThompson` is Thompson sampling for rewards in a bounded range, with a
+  Beta posterior per arm (fractional rewards count as fractional successes). Thompson
+  sampling plays each arm with the posterior probability that it is the best one. This
+  implementation computes those probabilities directly, by Monte Carlo over ``samples``
+  posterior draws, smooths them with the Krichevsky-Trofimov estimator
+  ``(wins + 1/2) / (samples + arms/2)``, and then draws the arm from them. So the logged
+  propensity is exactly the probability the arm was played with. The probabilities of a
+  context are cached and recomputed once the observations since the last refresh exceed
+  ``max_staleness`` times the observations at that refresh (and at least one), which is
+  batched Thompson sampling: cheap per decision, and still exact about its propensity.
+* :class:`UCB1` (Auer et al., 2002) plays an unplayed arm first, then the arm with the
+  highest ``mean + exploration * sqrt(2 ln N / n)`` on rewards scaled to [0, 1]. Ties are
+  broken uniformly at random and the propensity says so.
+
+Example:
+
+>>> from syntra_core.bandits import ArmTable, BetaThompson
+>>> table = ArmTable(n_arms=3)
+>>> rule = BetaThompson(table)
+>>> arm, propensity = rule.select("support", seed=7, sequence=0)
+>>> 0 <= arm < 3 and 0.0 < propensity <= 1.0
+True
+>>> table.update("support", arm, 1.0)
+>>> int(table.pulls("support").sum())
+1
+"""
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from libc.math cimport isfinite, log, sqrt, INFINITY
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memset
+
+from syntra_core.rng cimport Stream, stream_init, next_double, next_below, beta
+
+import numpy as np
+
+MAX_ARMS = 256
+
+
+cdef class ArmTable:
+    """Sufficient statistics for ``n_arms`` arms in every context seen so far.
+
+    Rewards must be finite and lie in ``[reward_low, reward_high]``; with ``binary`` they
+    must be exactly one of the two ends. Context keys are any hashable value; rows are
+    created on first use and never removed.
+    """
+
+    def __cinit__(self, int n_arms, double reward_low=0.0, double reward_high=1.0,
+                  bint binary=False):
+        if not 1 <= n_arms <= MAX_ARMS:
+            raise ValueError(f"n_arms must be in 1..{MAX_ARMS}, got {n_arms}")
+        if not (isfinite(reward_low) and isfinite(reward_high)) or reward_low >= reward_high:
+            raise ValueError(
+                f"reward range must be finite with low < high, got [{reward_low}, {reward_high}]"
+            )
+        self.n_arms = n_arms
+        self.reward_low = reward_low
+        self.reward_high = reward_high
+        self.binary = binary
+        self._rows = {}
+        self._keys = []
+        self.n_rows = 0
+        self.capacity = 0
+        self.stats = NULL
+        self.row_pulls = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.stats)
+        PyMem_Free(self.row_pulls)
+
+    cdef Py_ssize_t find_row(self, object key):
+        row = self._rows.get(key)
+        return -1 if row is None else <Py_ssize_t>row
+
+    cdef Py_ssize_t row_for(self, object key) except -1:
+        cdef Py_ssize_t row = self.find_row(key)
+        if row >= 0:
+            return row
+        hash(key)  # reject unhashable keys before touching any state
+        if self.n_rows == self.capacity:
+            self._grow(max(8, 2 * self.capacity))
+        row = self.n_rows
+        memset(self.stats + row * self.n_arms, 0, self.n_arms * sizeof(ArmStats))
+        self.row_pulls[row] = 0
+        self.n_rows += 1
+        self._rows[key] = row
+        self._keys.append(key)
+        return row
+
+    cdef int _grow(self, Py_ssize_t capacity) except -1:
+        cdef ArmStats* stats = <ArmStats*>PyMem_Realloc(
+            self.stats, capacity * self.n_arms * sizeof(ArmStats))
+        if stats == NULL:
+            raise MemoryError()
+        self.stats = stats
+        cdef int64_t* pulls = <int64_t*>PyMem_Realloc(self.row_pulls, capacity * sizeof(int64_t))
+        if pulls == NULL:
+            raise MemoryError()
+        self.row_pulls = pulls
+        self.capacity = capacity
+        return 0
+
+    cdef UpdateStatus update_c(self, Py_ssize_t row, int arm, double reward) noexcept nogil:
+        if arm < 0 or arm >= self.n_arms:
+            return UPDATE_BAD_ARM
+        if not isfinite(reward):
+            return UPDATE_NOT_FINITE
+        if reward < self.reward_low or reward > self.reward_high:
+            return UPDATE_OUT_OF_RANGE
+        if self.binary and reward != self.reward_low and reward != self.reward_high:
+            return UPDATE_NOT_BINARY
+        cdef ArmStats* s = self.row_stats(row) + arm
+        s.pulls += 1
+        s.reward_sum += reward
+        s.reward_sq += reward * reward
+        self.row_pulls[row] += 1
+        return UPDATE_OK
+
+    def update(self, key, int arm, double reward):
+        """Record one reward for ``arm`` in context ``key``. Raises ValueError if invalid."""
+        cdef Py_ssize_t row = self.row_for(key)
+        check_update(self.update_c(row, arm, reward), self, arm, reward)
+
+    @property
+    def contexts(self):
+        """The context keys seen so far, in order of first use."""
+        return tuple(self._keys)
+
+    def __len__(self):
+        return self.n_rows
+
+    def __contains__(self, key):
+        return key in self._rows
+
+    def _field(self, key, int which):
+        cdef Py_ssize_t row = self.find_row(key)
+        if row < 0:
+            raise KeyError(key)
+        out = np.empty(self.n_arms, dtype=np.int64 if which == 0 else np.float64)
+        cdef ArmStats* s = self.row_stats(row)
+        cdef int k
+        for k in range(self.n_arms):
+            out[k] = s[k].pulls if which == 0 else (s[k].reward_sum if which == 1 else s[k].reward_sq)
+        return out
+
+    def pulls(self, key):
+        """Rewards observed per arm in context ``key`` (int64 array)."""
+        return self._field(key, 0)
+
+    def reward_sums(self, key):
+        """Sum of rewards per arm in context ``key``."""
+        return self._field(key, 1)
+
+    def reward_squares(self, key):
+        """Sum of squared rewards per arm in context ``key``."""
+        return self._field(key, 2)
+
+
+def check_update(UpdateStatus status, ArmTable table, int arm, double reward):
+    """Raise the ValueError that describes a failed ``update_c``; do nothing on success."""
+    if status == UPDATE_OK:
+        return
+    if status == UPDATE_BAD_ARM:
+        raise ValueError(f"arm {arm} out of range 0..{table.n_arms - 1}")
+    if status == UPDATE_NOT_FINITE:
+        raise ValueError(f"reward must be finite, got {reward!r}")
+    if status == UPDATE_NOT_BINARY:
+        raise ValueError(
+            f"reward must be {table.reward_low} or {table.reward_high}, got {reward!r}"
+        )
+    raise ValueError(
+        f"reward {reward!r} outside [{table.reward_low}, {table.reward_high}]"
+    )
+
+
+cdef class Rule:
+    """A decision rule over an :class:`ArmTable`. Subclasses implement ``select_c``."""
+
+    def __cinit__(self, ArmTable table, *args, **kwargs):
+        self.table = table
+        self.cache_rows = 0
+
+    cdef int prepare(self, Py_ssize_t row) except -1:
+        """Make per-row caches cover ``row``. Called with the GIL before ``select_c``."""
+        return 0
+
+    cdef int select_c(self, Py_ssize_t row, Stream* st, double* propensity) noexcept nogil:
+        propensity[0] = 1.0
+        return 0
+
+    def select(self, key, uint64_t seed, uint64_t sequence):
+        """Choose an arm for context ``key`` with the stream of ``(seed, sequence)``.
+
+        Returns ``(arm, propensity)``.
+        """
+        cdef Py_ssize_t row = self.table.row_for(key)
+        self.prepare(row)
+        cdef Stream st
+        cdef double propensity
+        cdef int arm
+        stream_init(&st, seed, sequence)
+        arm = self.select_c(row, &st, &propensity)
+        return arm, propensity
+
+
+cdef class BetaThompson(Rule):
+    """Beta-Bernoulli Thompson sampling with exact propensities (see the module docs).
+
+    ``prior_a`` and ``prior_b`` are the Beta prior; ``samples`` is the number of posterior
+    draws behind each probability estimate; ``max_staleness`` bounds how far the data may
+    move before the probabilities are recomputed (0 recomputes after every observation).
+    """
+
+    def __cinit__(self, ArmTable table, double prior_a=1.0, double prior_b=1.0,
+                  int samples=128, double max_staleness=1.0 / 32):
+        for name, value in (("prior_a", prior_a), ("prior_b", prior_b)):
+            if not isfinite(value) or value <= 0.0:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not 1 <= samples <= 1_000_000:
+            raise ValueError(f"samples must be in 1..1000000, got {samples}")
+        if not isfinite(max_staleness) or not 0.0 <= max_staleness <= 1.0:
+            raise ValueError(f"max_staleness must be in [0, 1], got {max_staleness!r}")
+        self.prior_a = prior_a
+        self.prior_b = prior_b
+        self.samples = samples
+        self.max_staleness = max_staleness
+        self.win_prob = NULL
+        self.refreshed_at = NULL
+
+    def __dealloc__(self):
+        PyMem_Free(self.win_prob)
+        PyMem_Free(self.refreshed_at)
+
+    cdef int prepare(self, Py_ssize_t row) except -1:
+        if row < self.cache_rows:
+            return 0
+        cdef Py_ssize_t rows = max(8, 2 * self.cache_rows, row + 1)
+        cdef double* probs = <double*>PyMem_Realloc(
+            self.win_prob, rows * self.table.n_arms * sizeof(double))
+        if probs == NULL:
+            raise MemoryError()
+        self.win_prob = probs
+        cdef int64_t* at = <int64_t*>PyMem_Realloc(self.refreshed_at, rows * sizeof(int64_t))
+        if at == NULL:
+            raise MemoryError()
+        self.refreshed_at = at
+        cdef Py_ssize_t r
+        for r in range(self.cache_rows, rows):
+            at[r] = -1
+        self.cache_rows = rows
+        return 0
+
+    cdef void refresh(self, Py_ssize_t row, Stream* st) noexcept nogil:
+        cdef int n = self.table.n_arms
+        cdef ArmStats* s = self.table.row_stats(row)
+        cdef double* probs = self.win_prob + row * n
+        cdef double width = self.table.reward_high - self.table.reward_low
+        cdef double successes, best_draw, draw
+        cdef int k, m, best
+        # The posterior shapes go in `probs` first; the win counts replace them below.
+        cdef double a[256]
+        cdef double b[256]
+        for k in range(n):
+            successes = (s[k].reward_sum - s[k].pulls * self.table.reward_low) / width
+            a[k] = self.prior_a + successes
+            b[k] = self.prior_b + (s[k].pulls - successes)
+            probs[k] = 0.0
+        for m in range(self.samples):
+            best = 0
+            best_draw = -1.0
+            for k in range(n):
+                draw = beta(st, a[k], b[k])
+                if draw > best_draw:
+                    best_draw = draw
+                    best = k
+            probs[best] += 1.0
+        for k in range(n):
+            probs[k] = (probs[k] + 0.5) / (self.samples + 0.5 * n)
+        self.refreshed_at[row] = self.table.row_pulls[row]
+
+    cdef int select_c(self, Py_ssize_t row, Stream* st, double* propensity) noexcept nogil:
+        cdef int n = self.table.n_arms
+        cdef int64_t seen = self.table.row_pulls[row]
+        cdef int64_t last = self.refreshed_at[row]
+        cdef int64_t due
+        if last < 0:
+            self.refresh(row, st)
+        elif seen > last:
+            due = <int64_t>(last * self.max_staleness)
+            if seen - last >= (due if due > 1 else 1):
+                self.refresh(row, st)
+        cdef double* probs = self.win_prob + row * n
+        cdef double u = next_double(st)
+        cdef double cumulative = 0.0
+        cdef int k
+        for k in range(n - 1):
+            cumulative += probs[k]
+            if u < cumulative:
+                propensity[0] = probs[k]
+                return k
+        propensity[0] = probs[n - 1]
+        return n - 1
+
+    def probabilities(self, key):
+        """The cached play probabilities of context ``key``, or None before its first decision."""
+        cdef Py_ssize_t row = self.table.find_row(key)
+        if row < 0 or row >= self.cache_rows or self.refreshed_at[row] < 0:
+            return None
+        cdef int n = self.table.n_arms
+        return np.array([self.win_prob[row * n + k] for k in range(n)])
+
+    def last_refresh(self, key):
+        """Observations of context ``key`` when its probabilities were last computed, or None."""
+        cdef Py_ssize_t row = self.table.find_row(key)
+        if row < 0 or row >= self.cache_rows or self.refreshed_at[row] < 0:
+            return None
+        return self.refreshed_at[row]
+
+
+cdef class UCB1(Rule):
+    """UCB1 on rewards scaled to [0, 1]; ``exploration`` scales the confidence bonus."""
+
+    def __cinit__(self, ArmTable table, double exploration=1.0):
+        if not isfinite(exploration) or exploration < 0.0:
+            raise ValueError(f"exploration must be a finite number >= 0, got {exploration!r}")
+        self.exploration = exploration
+
+    cdef int select_c(self, Py_ssize_t row, Stream* st, double* propensity) noexcept nogil:
+        cdef int n = self.table.n_arms
+        cdef ArmStats* s = self.table.row_stats(row)
+        cdef double low = self.table.reward_low
+        cdef double width = self.table.reward_high - low
+        cdef double log_total = log(<double>self.table.row_pulls[row]) if self.table.row_pulls[row] > 0 else 0.0
+        cdef double best_score = -INFINITY
+        cdef double score
+        cdef int k, ties = 0, chosen = 0, pick
+        # Two passes: find the best score and count ties, then pick one tie uniformly.
+        for k in range(n):
+            if s[k].pulls == 0:
+                score = INFINITY
+            else:
+                score = ((s[k].reward_sum / s[k].pulls) - low) / width \
+                    + self.exploration * sqrt(2.0 * log_total / s[k].pulls)
+            if score > best_score:
+                best_score = score
+                ties = 1
+            elif score == best_score:
+                ties += 1
+        pick = <int>next_below(st, <uint64_t>ties) if ties > 1 else 0
+        for k in range(n):
+            if s[k].pulls == 0:
+                score = INFINITY
+            else:
+                score = ((s[k].reward_sum / s[k].pulls) - low) / width \
+                    + self.exploration * sqrt(2.0 * log_total / s[k].pulls)
+            if score == best_score:
+                if pick == 0:
+                    chosen = k
+                    break
+                pick -= 1
+        propensity[0] = 1.0 / ties
+        return chosen
+
+
+def run_bernoulli(Rule rule, means, Py_ssize_t rounds, uint64_t seed, key=None):
+    """Play ``rounds`` decide+update rounds against Bernoulli arms, entirely in C.
+
+    Each round derives its stream from ``(seed, round)``, selects an arm with ``rule`` in
+    context ``key`` and feeds back a Bernoulli reward drawn with that arm's mean. Returns
+    the number of plays per arm. Used by the benchmarks and for fast offline what-ifs.
+    """
+    cdef ArmTable table = rule.table
+    cdef double[::1] p = np.ascontiguousarray(means, dtype=np.float64)
+    if p.shape[0] != table.n_arms:
+        raise ValueError(f"expected {table.n_arms} means, got {p.shape[0]}")
+    if table.reward_low != 0.0 or table.reward_high != 1.0:
+        raise ValueError("run_bernoulli needs a table with reward range [0, 1]")
+    cdef Py_ssize_t k
+    for k in range(p.shape[0]):
+        if not (isfinite(p[k]) and 0.0 <= p[k] <= 1.0):
+            raise ValueError(f"means must lie in [0, 1], got {p[k]!r}")
+    cdef Py_ssize_t row = table.row_for(key)
+    rule.prepare(row)
+    plays = np.zeros(table.n_arms, dtype=np.int64)
+    cdef int64_t[::1] counts = plays
+    cdef Stream st
+    cdef double propensity
+    cdef int arm
+    cdef Py_ssize_t t
+    with nogil:
+        for t in range(rounds):
+            stream_init(&st, seed, <uint64_t>t)
+            arm = rule.select_c(row, &st, &propensity)
+            counts[arm] += 1
+            table.update_c(row, arm, 1.0 if next_double(&st) < p[arm] else 0.0)
+    return plays

@@ -1,0 +1,222 @@
+"""One capsule's decide/feedback loop.
+
+A :class:`Learner` owns a rule (which reads an :class:`~syntra_core.bandits.ArmTable`) and
+the ledger of every decision it has made. Decision ids are
+``"<sequence: 16 hex digits>-<capsule tag: 8 hex digits>"``: the sequence locates the
+decision in the ledger without a hash lookup, and the tag makes an id from another capsule
+(or from an earlier install of this one) unknown here instead of silently applied.
+
+The ledger keeps a dense window of entries from the oldest pending decision on. A decision
+below the window, or inside it and marked done, has had its feedback; one at or above
+``next_sequence`` was never made. So duplicates are detected at any age while completed
+decisions cost no memory once every older one is complete too.
+
+Example:
+
+>>> from syntra_core.bandits import ArmTable, BetaThompson
+>>> from syntra_core.learner import Learner, FeedbackStatus
+>>> learner = Learner("demo", ("a", "b"), BetaThompson(ArmTable(2)), seed=7, tag="0badcafe")
+>>> d = learner.decide("eu")
+>>> d.option in ("a", "b") and d.decision_id.endswith("-0badcafe")
+True
+>>> learner.feedback(d.decision_id, 1.0) == FeedbackStatus.FEEDBACK_OK
+True
+>>> learner.feedback(d.decision_id, 1.0) == FeedbackStatus.FEEDBACK_DUPLICATE
+True
+"""
+
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport uint64_t
+from libc.string cimport memmove
+
+from syntra_core.bandits cimport ArmTable, Rule, UpdateStatus
+from syntra_core.rng cimport Stream, stream_init
+
+cdef enum:
+    ENTRY_PENDING = 0
+    ENTRY_DONE = 1
+    ID_LENGTH = 25
+
+cdef const char* HEX = b"0123456789abcdef"
+
+
+cdef inline int _hex_value(Py_UCS4 c) noexcept:
+    cdef int code = <int>c
+    if 48 <= code <= 57:     # '0'..'9'
+        return code - 48
+    if 97 <= code <= 102:    # 'a'..'f'
+        return code - 87
+    return -1
+
+
+cdef class Decision:
+    """What a capsule decided: read-only.
+
+    ``propensity`` is the probability the rule had of choosing this option, which
+    off-policy evaluation needs; ``sequence`` orders the capsule's decisions.
+    """
+
+    def __repr__(self):
+        return (
+            f"Decision(decision_id={self.decision_id!r}, option={self.option!r}, "
+            f"option_index={self.option_index}, propensity={self.propensity:.6g}, "
+            f"context_key={self.context_key!r})"
+        )
+
+    def __eq__(self, other):
+        if not isinstance(other, Decision):
+            return NotImplemented
+        cdef Decision o = other
+        return (self.decision_id == o.decision_id and self.capsule == o.capsule
+                and self.option_index == o.option_index and self.propensity == o.propensity
+                and self.context_key == o.context_key)
+
+    def __hash__(self):
+        return hash((self.capsule, self.decision_id))
+
+
+cdef class Learner:
+    """Decide and learn for one capsule. See the module docs for the id scheme.
+
+    ``options`` names the arms of ``rule.table`` in order. ``tag`` is 8 lowercase hex
+    digits that identify this capsule install inside decision ids. ``first_sequence``
+    lets a recovered capsule continue where it stopped.
+    """
+
+    def __cinit__(self, str capsule, tuple options, Rule rule, uint64_t seed, str tag,
+                  uint64_t first_sequence=0):
+        if len(options) != rule.table.n_arms:
+            raise ValueError(f"{len(options)} option names for {rule.table.n_arms} arms")
+        if len(tag) != 8 or any(_hex_value(c) < 0 for c in tag):
+            raise ValueError(f"tag must be 8 lowercase hex digits, got {tag!r}")
+        self.capsule = capsule
+        self.options = options
+        self.rule = rule
+        self.table = rule.table
+        self.seed = seed
+        self.tag = tag
+        cdef int i
+        for i in range(8):
+            self.tag_ascii[i] = <char>ord(tag[i])
+        self.next_sequence = first_sequence
+        self.base_sequence = first_sequence
+        self.pending = 0
+        self.entries = NULL
+        self.head = 0
+        self.capacity = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self.entries)
+
+    cdef LedgerEntry* append_entry(self) except NULL:
+        cdef Py_ssize_t used = <Py_ssize_t>(self.next_sequence - self.base_sequence)
+        cdef LedgerEntry* grown
+        if self.head + used == self.capacity:
+            if self.head >= self.capacity // 2 and self.head > 0:
+                # Most of the buffer is completed history: slide the window down.
+                memmove(self.entries, self.entries + self.head, used * sizeof(LedgerEntry))
+                self.head = 0
+            else:
+                grown = <LedgerEntry*>PyMem_Realloc(
+                    self.entries, max(64, 2 * self.capacity) * sizeof(LedgerEntry))
+                if grown == NULL:
+                    raise MemoryError()
+                self.entries = grown
+                self.capacity = max(64, 2 * self.capacity)
+        return self.entries + self.head + used
+
+    def decide(self, context_key):
+        """Choose an option for ``context_key`` and record the decision as pending."""
+        cdef Py_ssize_t row = self.table.row_for(context_key)
+        self.rule.prepare(row)
+        cdef LedgerEntry* entry = self.append_entry()
+        cdef uint64_t sequence = self.next_sequence
+        cdef Stream st
+        cdef double propensity
+        stream_init(&st, self.seed, sequence)
+        cdef int arm = self.rule.select_c(row, &st, &propensity)
+        entry.row = <int>row
+        entry.arm = <short>arm
+        entry.state = ENTRY_PENDING
+        entry.propensity = propensity
+        self.next_sequence += 1
+        self.pending += 1
+
+        cdef char buf[ID_LENGTH]
+        self.format_id(sequence, buf)
+        cdef Decision d = Decision.__new__(Decision)
+        d.decision_id = PyUnicode_DecodeASCII(buf, ID_LENGTH, NULL)
+        d.capsule = self.capsule
+        d.option = self.options[arm]
+        d.option_index = arm
+        d.propensity = propensity
+        d.sequence = sequence
+        d.context_key = context_key
+        return d
+
+    cdef void format_id(self, uint64_t sequence, char* out) noexcept nogil:
+        cdef int i
+        for i in range(16):
+            out[i] = HEX[(sequence >> (60 - 4 * i)) & 0xF]
+        out[16] = 45  # '-'
+        for i in range(8):
+            out[17 + i] = self.tag_ascii[i]
+
+    cdef uint64_t parse_id(self, str decision_id, bint* ok):
+        ok[0] = False
+        if len(decision_id) != ID_LENGTH or <int>decision_id[16] != 45:
+            return 0
+        cdef uint64_t sequence = 0
+        cdef int i, v
+        for i in range(16):
+            v = _hex_value(decision_id[i])
+            if v < 0:
+                return 0
+            sequence = (sequence << 4) | <uint64_t>v
+        for i in range(8):
+            if <int>decision_id[17 + i] != self.tag_ascii[i]:
+                return sequence  # well formed, but not one of ours
+        ok[0] = True
+        return sequence
+
+    def feedback(self, str decision_id, double reward):
+        """Apply ``reward`` to a pending decision. Returns a :class:`FeedbackStatus`.
+
+        Anything but ``FEEDBACK_OK`` leaves every piece of state untouched, so a rejected
+        reward can be corrected and sent again.
+        """
+        cdef bint ours
+        cdef uint64_t sequence = self.parse_id(decision_id, &ours)
+        if not ours:
+            if len(decision_id) == ID_LENGTH and <int>decision_id[16] == 45:
+                return FEEDBACK_UNKNOWN
+            return FEEDBACK_MALFORMED_ID
+        return self.apply_feedback(sequence, reward)
+
+    cdef FeedbackStatus apply_feedback(self, uint64_t sequence, double reward) noexcept nogil:
+        if sequence >= self.next_sequence:
+            return FEEDBACK_UNKNOWN
+        if sequence < self.base_sequence:
+            return FEEDBACK_DUPLICATE
+        cdef LedgerEntry* entry = self.entries + self.head + (sequence - self.base_sequence)
+        if entry.state == ENTRY_DONE:
+            return FEEDBACK_DUPLICATE
+        cdef UpdateStatus status = self.table.update_c(entry.row, entry.arm, reward)
+        if status != 0:
+            return <FeedbackStatus><int>status
+        entry.state = ENTRY_DONE
+        self.pending -= 1
+        # Retire the completed prefix so the window starts at the oldest pending decision.
+        while self.base_sequence < self.next_sequence and self.entries[self.head].state == ENTRY_DONE:
+            self.head += 1
+            self.base_sequence += 1
+        return FEEDBACK_OK
+
+    def is_pending(self, str decision_id):
+        """True if ``decision_id`` was decided here and has had no feedback yet."""
+        cdef bint ours
+        cdef uint64_t sequence = self.parse_id(decision_id, &ours)
+        if not ours or sequence >= self.next_sequence or sequence < self.base_sequence:
+            return False
+        return self.entries[self.head + (sequence - self.base_sequence)].state == ENTRY_PENDING

@@ -1,0 +1,57 @@
+"""The hot path stays white: no Python interaction inside nogil code.
+
+Runs ``cython -a`` on every module of syntra_core and checks that each line inside a
+``noexcept nogil`` function or a ``with nogil:`` block scores 0 in the annotation (the
+report marks every line that touches the Python C-API with a positive score).
+"""
+
+import html
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CORE = Path(__file__).resolve().parents[1] / "src" / "syntra_core"
+MODULES = sorted(p.stem for p in CORE.glob("*.pyx"))
+LINE = re.compile(
+    r'<pre class="cython line score-(\d+)"[^>]*>.{0,3}?<span class="">(\d+)</span>:', re.S
+)
+
+
+def _nogil_lines(source: list[str]) -> set[int]:
+    """1-based numbers of the lines inside nogil functions and `with nogil:` blocks."""
+    inside: set[int] = set()
+    block_indent = None
+    for number, line in enumerate(source, start=1):
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if block_indent is not None:
+            if stripped and indent <= block_indent:
+                block_indent = None
+            elif stripped and not stripped.startswith("#"):
+                inside.add(number)
+        if block_indent is None and (
+            re.match(r"cdef .*\bnogil\s*:\s*$", stripped) or stripped == "with nogil:"
+        ):
+            block_indent = indent
+    return inside
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_nogil_code_is_white(module, tmp_path):
+    pyx = CORE / f"{module}.pyx"
+    subprocess.run(
+        [sys.executable, "-m", "cython", "-3", "-a", "-I", str(CORE.parent),
+         "--directive", "boundscheck=False,wraparound=False,cdivision=True,initializedcheck=False",
+         str(pyx), "-o", str(tmp_path / f"{module}.c")],
+        check=True, capture_output=True,
+    )
+    report = (tmp_path / f"{module}.html").read_text()
+    scores = {int(n): int(s) for s, n in LINE.findall(report)}
+    source = pyx.read_text().splitlines()
+    checked = _nogil_lines(source)
+    assert checked, f"{module} has no nogil code to check"
+    yellow = [f"{n}: {html.unescape(source[n - 1].strip())}" for n in sorted(checked) if scores.get(n, 0) > 0]
+    assert not yellow, f"{module}.pyx touches Python inside nogil code:\n" + "\n".join(yellow)
