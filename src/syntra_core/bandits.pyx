@@ -34,7 +34,7 @@ True
 1
 """
 
-from cpython.mem cimport PyMem_Malloc, PyMem_Realloc, PyMem_Free
+from cpython.mem cimport PyMem_Realloc, PyMem_Free
 from libc.math cimport isfinite, log, sqrt, INFINITY
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memset
@@ -44,6 +44,13 @@ from syntra_core.rng cimport Stream, stream_init, next_double, next_below, beta
 import numpy as np
 
 MAX_ARMS = 256
+
+
+cdef void* _resize(void* block, size_t size) except NULL:
+    cdef void* grown = PyMem_Realloc(block, size)
+    if grown == NULL:
+        raise MemoryError()
+    return grown
 
 
 cdef class ArmTable:
@@ -97,15 +104,8 @@ cdef class ArmTable:
         return row
 
     cdef int _grow(self, Py_ssize_t capacity) except -1:
-        cdef ArmStats* stats = <ArmStats*>PyMem_Realloc(
-            self.stats, capacity * self.n_arms * sizeof(ArmStats))
-        if stats == NULL:
-            raise MemoryError()
-        self.stats = stats
-        cdef int64_t* pulls = <int64_t*>PyMem_Realloc(self.row_pulls, capacity * sizeof(int64_t))
-        if pulls == NULL:
-            raise MemoryError()
-        self.row_pulls = pulls
+        self.stats = <ArmStats*>_resize(self.stats, capacity * self.n_arms * sizeof(ArmStats))
+        self.row_pulls = <int64_t*>_resize(self.row_pulls, capacity * sizeof(int64_t))
         self.capacity = capacity
         return 0
 
@@ -244,18 +244,11 @@ cdef class BetaThompson(Rule):
         if row < self.cache_rows:
             return 0
         cdef Py_ssize_t rows = max(8, 2 * self.cache_rows, row + 1)
-        cdef double* probs = <double*>PyMem_Realloc(
-            self.win_prob, rows * self.table.n_arms * sizeof(double))
-        if probs == NULL:
-            raise MemoryError()
-        self.win_prob = probs
-        cdef int64_t* at = <int64_t*>PyMem_Realloc(self.refreshed_at, rows * sizeof(int64_t))
-        if at == NULL:
-            raise MemoryError()
-        self.refreshed_at = at
+        self.win_prob = <double*>_resize(self.win_prob, rows * self.table.n_arms * sizeof(double))
+        self.refreshed_at = <int64_t*>_resize(self.refreshed_at, rows * sizeof(int64_t))
         cdef Py_ssize_t r
         for r in range(self.cache_rows, rows):
-            at[r] = -1
+            self.refreshed_at[r] = -1
         self.cache_rows = rows
         return 0
 

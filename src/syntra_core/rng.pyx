@@ -147,6 +147,23 @@ cdef double beta(Stream* st, double a, double b) noexcept nogil:
     return x / (x + y)
 
 
+cdef enum Distribution:
+    UNIFORM
+    NORMAL
+    GAMMA
+    BETA
+
+
+cdef inline double _draw(Stream* st, Distribution kind, double a, double b) noexcept nogil:
+    if kind == UNIFORM:
+        return next_double(st)
+    if kind == NORMAL:
+        return std_normal(st)
+    if kind == GAMMA:
+        return std_gamma(st, a)
+    return beta(st, a, b)
+
+
 def _check_shape(name, double value):
     if not isfinite(value) or value <= 0.0:
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -183,6 +200,16 @@ cdef class RandomStream:
         """A uniform float in [0, 1)."""
         return next_double(&self._st)
 
+    cdef object _fill(self, Distribution kind, double a, double b, Py_ssize_t size):
+        _check_size(size)
+        out = np.empty(size, dtype=np.float64)
+        cdef double[::1] view = out
+        cdef Py_ssize_t i
+        with nogil:
+            for i in range(size):
+                view[i] = _draw(&self._st, kind, a, b)
+        return out
+
     def integers(self, uint64_t bound, Py_ssize_t size):
         """``size`` uniform integers in [0, bound)."""
         if bound == 0:
@@ -198,37 +225,16 @@ cdef class RandomStream:
 
     def uniform(self, Py_ssize_t size):
         """``size`` uniform floats in [0, 1)."""
-        _check_size(size)
-        out = np.empty(size, dtype=np.float64)
-        cdef double[::1] view = out
-        cdef Py_ssize_t i
-        with nogil:
-            for i in range(size):
-                view[i] = next_double(&self._st)
-        return out
+        return self._fill(UNIFORM, 0.0, 0.0, size)
 
     def normal(self, Py_ssize_t size):
         """``size`` standard normal draws."""
-        _check_size(size)
-        out = np.empty(size, dtype=np.float64)
-        cdef double[::1] view = out
-        cdef Py_ssize_t i
-        with nogil:
-            for i in range(size):
-                view[i] = std_normal(&self._st)
-        return out
+        return self._fill(NORMAL, 0.0, 0.0, size)
 
     def gamma(self, double shape, Py_ssize_t size):
         """``size`` draws from Gamma(shape, scale=1)."""
         _check_shape("shape", shape)
-        _check_size(size)
-        out = np.empty(size, dtype=np.float64)
-        cdef double[::1] view = out
-        cdef Py_ssize_t i
-        with nogil:
-            for i in range(size):
-                view[i] = std_gamma(&self._st, shape)
-        return out
+        return self._fill(GAMMA, shape, 0.0, size)
 
     def beta(self, double a, double b, size=None):
         """One draw from Beta(a, b), or an array of ``size`` draws."""
@@ -236,12 +242,4 @@ cdef class RandomStream:
         _check_shape("b", b)
         if size is None:
             return beta(&self._st, a, b)
-        cdef Py_ssize_t n = size
-        _check_size(n)
-        out = np.empty(n, dtype=np.float64)
-        cdef double[::1] view = out
-        cdef Py_ssize_t i
-        with nogil:
-            for i in range(n):
-                view[i] = beta(&self._st, a, b)
-        return out
+        return self._fill(BETA, a, b, size)
