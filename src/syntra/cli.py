@@ -1,0 +1,253 @@
+"""The ``syntra`` command line.
+
+Each subcommand is one ``_add_<name>`` function that registers its parser and one
+``_run_<name>`` function that does the work and returns the exit code. The computing
+lives in library modules (:mod:`syntra.simulate`, :mod:`syntra.demo`); this module parses
+arguments and prints.
+
+Exit codes: 0 on success, 1 when the work fails (e.g. a file cannot be written), 2 for a
+usage error or any :class:`~syntra.errors.SyntraError`, 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from syntra import __version__
+from syntra.engine import ALGORITHMS
+from syntra.errors import SyntraError
+
+if TYPE_CHECKING:
+    from syntra.demo import DemoResult
+    from syntra.simulate import SimulationResult
+
+# Runs shorter than this finish before a progress bar would tell the user anything.
+PROGRESS_MIN_ROUNDS = 20_000
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``syntra`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.run(args)
+    except SystemExit as stop:  # argparse exits for --help, --version and usage errors
+        return stop.code if isinstance(stop.code, int) else 2
+    except SyntraError as error:
+        print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # end the line ^C (or a progress bar) left open
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syntra",
+        description="Syntra: a self-hosted decision service.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add_command in (_add_simulate, _add_demo):
+        add_command(subparsers)
+    return parser
+
+
+# --- simulate ----------------------------------------------------------------------------
+
+
+def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "simulate",
+        help="run a capsule against a synthetic Bernoulli world and report its regret",
+        description="Run a capsule against options that pay 1 with known probabilities, and "
+        "report its cumulative regret, how often it played the best option, and what it learned.",
+    )
+    parser.add_argument("--options", required=True, type=_names, metavar="A,B,...",
+                        help="comma-separated option names")
+    parser.add_argument("--true-arm-rewards", required=True, type=_numbers, metavar="P,Q,...",
+                        dest="true_means",
+                        help="comma-separated probability that each option pays 1, in [0, 1]")
+    parser.add_argument("--rounds", type=int, default=5000, help="rounds to play (default 5000)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="thompson",
+                        help="decision rule (default thompson)")
+    parser.add_argument("--context", default="", metavar="KEY",
+                        help="context key every decision uses (default none)")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write the cumulative-regret curve to PATH (needs syntra[plot])")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.set_defaults(run=_run_simulate, parser=parser)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from syntra.simulate import InvalidSimulation, check_plot_path, plot_regret, simulate
+
+    try:
+        if args.plot:
+            check_plot_path(args.plot)
+        with _ProgressBar(args.rounds, enabled=not args.json) as advance:
+            result = simulate(args.options, args.true_means, args.rounds, args.seed,
+                              algorithm=args.algorithm, context=args.context, progress=advance)
+    except InvalidSimulation as error:
+        args.parser.error(str(error))  # the arguments are wrong: say so as argparse would
+    if args.plot:
+        try:
+            plot_regret(result, args.plot)
+        except OSError as error:
+            print(f"syntra simulate: error: cannot write {args.plot}: {error}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        print(_format_simulation(result))
+        if args.plot:
+            print(f"regret curve written to {args.plot}")
+    return 0
+
+
+class _ProgressBar:
+    """A tqdm bar on stderr for long runs; for short ones, or when disabled, nothing at all.
+
+    The bar appears on the first report, which :func:`~syntra.simulate.simulate` makes once
+    the settings are valid, so an invalid run prints its error and no stub of a bar.
+    """
+
+    def __init__(self, rounds: int, *, enabled: bool):
+        self._rounds = rounds
+        self._enabled = enabled and rounds >= PROGRESS_MIN_ROUNDS
+        self._bar = None
+
+    def advance(self, rounds: int) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self._rounds, unit="round", unit_scale=True, file=sys.stderr)
+        self._bar.update(rounds)
+
+    def __enter__(self) -> Callable[[int], None] | None:
+        return self.advance if self._enabled else None
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _format_simulation(result: SimulationResult) -> str:
+    best = set(result.best_options)
+    rows = [
+        [
+            option + (" *" if option in best else ""),
+            f"{mean:.3f}",
+            f"{result.pulls[option]:,}",
+            f"{result.pulls[option] / result.rounds:.1%}",
+            "-" if result.mean_reward[option] is None else f"{result.mean_reward[option]:.3f}",
+        ]
+        for option, mean in zip(result.options, result.true_means)
+    ]
+    context = f", context {result.context!r}" if result.context else ""
+    lines = [
+        f"{result.rounds:,} rounds of {result.algorithm} on {len(result.options)} options "
+        f"(seed {result.seed}{context})",
+        "",
+        _table(["option", "true mean", "pulls", "share", "learned mean"], rows, "<>>>>"),
+        "",
+        f"cumulative regret  {result.cumulative_regret:,.1f}"
+        f"  (uniform random: {result.uniform_regret:,.1f})",
+        f"best-arm share     {result.best_arm_share:.1%}  (* = best option)",
+    ]
+    return "\n".join(lines)
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+def _add_demo(subparsers: argparse._SubParsersAction) -> None:
+    from syntra.demo import DEFAULT_ROUNDS
+
+    parser = subparsers.add_parser(
+        "demo",
+        help="learn the best option per context in a few built-in scenarios",
+        description="Drive simulated traffic through built-in scenarios (LLM routing, retries, "
+        "autoscaling, fraud thresholds) and show what each context learned.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
+                        help=f"decisions per context (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.set_defaults(run=_run_demo, parser=parser)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from syntra.demo import run_demo
+    from syntra.simulate import InvalidSimulation
+
+    try:
+        result = run_demo(seed=args.seed, rounds=args.rounds)
+    except InvalidSimulation as error:
+        args.parser.error(str(error))
+    if args.json:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        print(_format_demo(result))
+    return 0
+
+
+def _format_demo(result: DemoResult) -> str:
+    lines = [f"{result.rounds:,} decisions per context, seed {result.seed}"]
+    for scenario in result.scenarios:
+        rows = [
+            [
+                c.context,
+                c.learned_best or "-",
+                c.true_best,
+                f"{c.true_best_share:.1%}",
+                f"{c.mean_reward:.3f}",
+            ]
+            for c in scenario.contexts
+        ]
+        lines += [
+            "",
+            f"{scenario.title}  ({scenario.name})",
+            f"reward: {scenario.meaning} ({scenario.reward})",
+            _table(["context", "learned best", "true best", "share to true best", "mean reward"],
+                   rows, "<<<>>"),
+        ]
+    lines += ["", f"{result.learned} of {result.contexts} contexts learned their true best option."]
+    return "\n".join(lines)
+
+
+# --- shared ------------------------------------------------------------------------------
+
+
+def _table(headers: list[str], rows: list[list[str]], align: str) -> str:
+    """Columns padded to fit; ``align`` has one ``<`` (text) or ``>`` (numbers) per column."""
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        padded = (c.ljust(w) if a == "<" else c.rjust(w) for c, w, a in zip(cells, widths, align))
+        return "  ".join(padded).rstrip()
+
+    return "\n".join(line(row) for row in [headers, *rows])
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")] if text.strip() else []
+
+
+def _numbers(text: str) -> list[float]:
+    numbers = []
+    for item in text.split(","):
+        try:
+            numbers.append(float(item))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r} is not a number") from None
+    return numbers
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""The ``syntra`` command: output, exit codes and error messages, in process and as a program."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from syntra import __version__
+from syntra.cli import main
+from syntra.simulate import simulate
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SIMULATE = ["simulate", "--options", "a,b,c", "--true-arm-rewards", "0.2,0.5,0.7"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_program(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m syntra.cli`` as a user would, with this checkout importable."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "syntra.cli", *args],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+
+
+# --- simulate ----------------------------------------------------------------------------
+
+
+def test_simulate_prints_regret_share_and_learned_means(capsys):
+    code = main([*SIMULATE, "--rounds", "5000", "--seed", "7"])
+    out, err = capsys.readouterr()
+
+    assert code == 0
+    assert err == ""  # no progress bar on a short run
+    expected = simulate(["a", "b", "c"], [0.2, 0.5, 0.7], rounds=5000, seed=7)
+    assert "5,000 rounds of thompson on 3 options (seed 7)" in out
+    assert f"cumulative regret  {expected.cumulative_regret:,.1f}" in out
+    assert f"best-arm share     {expected.best_arm_share:.1%}" in out
+    table = [line.split() for line in out.splitlines()]
+    rows = {cells[0]: cells for cells in table if cells[:1] in (["a"], ["b"], ["c"])}
+    assert rows["c"][1] == "*"  # the best option is marked
+    assert rows["c"][3] == f"{expected.pulls['c']:,}"
+    assert rows["a"][2] == f"{expected.pulls['a']:,}"
+    assert rows["c"][-1] == f"{expected.mean_reward['c']:.3f}"
+
+
+def test_simulate_json_is_one_consistent_object(capsys):
+    code = main([*SIMULATE, "--rounds", "4000", "--seed", "3", "--algorithm", "ucb1", "--json"])
+    out, err = capsys.readouterr()
+
+    assert code == 0 and err == ""
+    result = json.loads(out)
+    assert {
+        "options", "true_means", "rounds", "seed", "algorithm", "cumulative_regret",
+        "best_arm_share", "pulls", "mean_reward", "regret_curve",
+    } <= result.keys()
+    assert result["options"] == ["a", "b", "c"]
+    assert result["true_means"] == [0.2, 0.5, 0.7]
+    assert (result["rounds"], result["seed"], result["algorithm"]) == (4000, 3, "ucb1")
+    assert sum(result["pulls"].values()) == 4000
+    best = result["best_options"][0]
+    assert best == "c"
+    assert result["best_arm_share"] == result["pulls"][best] / 4000
+    regret = sum(result["pulls"][o] * (0.7 - m) for o, m in zip("abc", [0.2, 0.5, 0.7]))
+    assert result["cumulative_regret"] == pytest.approx(regret)
+    curve = result["regret_curve"]
+    assert 1 < len(curve) <= 200
+    assert curve[-1] == [4000, result["cumulative_regret"]]
+
+
+def test_simulate_json_is_reproducible_from_the_seed(capsys):
+    main([*SIMULATE, "--rounds", "1000", "--seed", "5", "--json"])
+    first = capsys.readouterr().out
+    main([*SIMULATE, "--rounds", "1000", "--seed", "5", "--json"])
+    assert capsys.readouterr().out == first
+
+
+def test_simulate_plot_writes_a_png(tmp_path, capsys):
+    target = tmp_path / "regret.png"
+    code = main([*SIMULATE, "--rounds", "2000", "--plot", str(target)])
+
+    assert code == 0
+    assert target.read_bytes().startswith(PNG_MAGIC)
+    assert target.stat().st_size > 5000  # a drawn chart, not an empty canvas
+    assert f"regret curve written to {target}" in capsys.readouterr().out
+
+
+def test_simulate_plot_without_matplotlib_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    # A None entry makes the import fail, as if matplotlib were not installed.
+    for module in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    target = tmp_path / "regret.png"
+
+    code = main([*SIMULATE, "--rounds", "2000", "--plot", str(target)])
+    out, err = capsys.readouterr()
+
+    assert code == 2
+    assert "pip install 'syntra[plot]'" in err
+    assert "Traceback" not in err
+    assert out == ""  # it failed before running, not after
+    assert not target.exists()
+
+
+def test_simulate_plot_that_cannot_be_written_fails_cleanly(tmp_path, capsys):
+    blocked = tmp_path / "taken.png"
+    blocked.mkdir()  # a directory where the file should go
+
+    code = main([*SIMULATE, "--rounds", "100", "--plot", str(blocked)])
+    err = capsys.readouterr().err
+
+    assert code == 1
+    assert err.startswith("syntra simulate: error: cannot write")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--options", "a,b", "--true-arm-rewards", "0.2,0.5,0.7"],
+         "2 options need 2 true rewards, got 3"),
+        (["--options", "a,a,b", "--true-arm-rewards", "0.2,0.5,0.7"], "unique, repeated: a"),
+        (["--options", "", "--true-arm-rewards", "0.5"], "at least one option"),
+        (["--options", "a,,b", "--true-arm-rewards", "0.2,0.5,0.7"], "non-empty"),
+        (["--options", "a,b", "--true-arm-rewards", "0.2,1.5"], "in [0, 1], got 1.5"),
+        (["--options", "a,b", "--true-arm-rewards", "0.2,nan"], "got nan"),
+        (["--options", "a,b", "--true-arm-rewards", "0.2,inf"], "got inf"),
+        (["--options", "a,b", "--true-arm-rewards", "0.2,x"], "'x' is not a number"),
+        ([*SIMULATE[1:], "--rounds", "0"], "rounds must be an integer in 1..100_000_000"),
+        ([*SIMULATE[1:], "--rounds", str(10**9)], "rounds must be an integer in 1..100_000_000"),
+        ([*SIMULATE[1:], "--rounds", "ten"], "invalid int value: 'ten'"),
+        ([*SIMULATE[1:], "--seed", "-1"], "seed must be an integer in [0, 2**64)"),
+        ([*SIMULATE[1:], "--algorithm", "greedy"], "invalid choice: 'greedy'"),
+        ([*SIMULATE[1:], "--plot", "out.xyz"], "cannot write a .xyz plot"),
+        ([*SIMULATE[1:], "--plot", "/no/such/dir/out.png"], "does not exist"),
+        (["--true-arm-rewards", "0.5"], "the following arguments are required: --options"),
+    ],
+)
+def test_simulate_bad_arguments_exit_2_with_a_message(args, message, capsys):
+    code = main(["simulate", *args])
+    out, err = capsys.readouterr()
+
+    assert code == 2
+    assert out == ""
+    assert "syntra simulate: error:" in err and message in err
+    assert "Traceback" not in err
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+def test_demo_learns_the_true_best_in_most_contexts(capsys):
+    assert main(["demo", "--seed", "7", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    assert result["seed"] == 7 and result["rounds_per_context"] == 3000
+    assert len(result["scenarios"]) == 4
+    contexts = [c for s in result["scenarios"] for c in s["contexts"]]
+    assert result["contexts"] == len(contexts) >= 12
+    assert result["learned_true_best"] == sum(c["learned"] for c in contexts)
+    assert result["learned_true_best"] >= len(contexts) - 2
+    # Every scenario has contexts whose true best differs: there is something to learn.
+    for scenario in result["scenarios"]:
+        assert len({c["true_best"] for c in scenario["contexts"]}) > 1
+    for context in contexts:
+        means = context["true_means"]
+        assert context["true_best"] == max(means, key=means.get)
+        assert context["learned"] == (context["learned_best"] == context["true_best"])
+        assert sum(context["pulls"].values()) == 3000
+        assert context["true_best_share"] == context["pulls"][context["true_best"]] / 3000
+        assert 0.0 <= context["mean_reward"] <= 1.0
+
+
+def test_demo_autoscale_reward_is_continuous(capsys):
+    main(["demo", "--rounds", "200", "--json"])
+    scenarios = {s["title"]: s for s in json.loads(capsys.readouterr().out)["scenarios"]}
+    autoscale = scenarios["Autoscale"]
+    assert autoscale["reward"] == "continuous"
+    assert autoscale["options"] == ["2", "4", "8", "16"]
+    assert [c["context"] for c in autoscale["contexts"]] == ["night", "day", "peak"]
+
+
+def test_demo_is_deterministic_for_a_seed(capsys):
+    main(["demo", "--seed", "3", "--rounds", "500", "--json"])
+    first = capsys.readouterr().out
+    main(["demo", "--seed", "3", "--rounds", "500", "--json"])
+    assert capsys.readouterr().out == first
+    main(["demo", "--seed", "4", "--rounds", "500", "--json"])
+    assert capsys.readouterr().out != first
+
+
+def test_demo_text_has_a_table_per_scenario_and_a_summary(capsys):
+    assert main(["demo", "--seed", "7", "--rounds", "1000"]) == 0
+    out = capsys.readouterr().out
+
+    for title in ("LLM tier routing", "Retry policy", "Autoscale", "Fraud threshold band"):
+        assert title in out
+    assert out.count("context  ") >= 4  # a header row per scenario
+    assert "tenants/demo/jobs/llm/capsules/" in out
+    last = out.strip().splitlines()[-1]
+    assert last.endswith("of 12 contexts learned their true best option.")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--rounds", "0"], "rounds must be an integer"), (["--seed", "-5"], "seed must be")],
+)
+def test_demo_bad_arguments_exit_2(args, message, capsys):
+    code = main(["demo", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and "syntra demo: error:" in err and message in err
+
+
+# --- the command itself ------------------------------------------------------------------
+
+
+def test_version(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"syntra {__version__}"
+
+
+def test_a_command_is_required(capsys):
+    assert main([]) == 2
+    assert "required: COMMAND" in capsys.readouterr().err
+
+
+def test_program_simulate_json():
+    done = run_program(*SIMULATE, "--rounds", "3000", "--seed", "7", "--json")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    result = json.loads(done.stdout)
+    assert sum(result["pulls"].values()) == 3000
+    assert result["best_arm_share"] > 0.8
+
+
+def test_program_shows_a_progress_bar_on_long_runs_only_in_text_mode():
+    text = run_program(*SIMULATE, "--rounds", "20000")
+    assert text.returncode == 0, text.stderr
+    assert "20.0k/20.0k" in text.stderr and "round" in text.stderr  # tqdm's bar, finished
+    assert "cumulative regret" in text.stdout
+
+    quiet = run_program(*SIMULATE, "--rounds", "20000", "--json")
+    assert quiet.returncode == 0
+    assert quiet.stderr == ""
+    assert json.loads(quiet.stdout)["rounds"] == 20000
+
+
+def test_program_bad_arguments_exit_2_without_a_traceback():
+    done = run_program("simulate", "--options", "a,b", "--true-arm-rewards", "0.2,0.5,0.7")
+    assert done.returncode == 2
+    assert "2 options need 2 true rewards, got 3" in done.stderr
+    assert "Traceback" not in done.stderr
