@@ -306,3 +306,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
 
 TestLedger = LedgerMachine.TestCase
+
+
+def _trace_in_process(args):
+    seed, algorithm = args
+    return _trace(seed, algorithm)
+
+
+def test_same_decisions_in_other_processes():
+    import multiprocessing
+
+    jobs = [(3, "thompson"), (3, "ucb1"), (99, "thompson")]
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        remote = pool.map(_trace_in_process, jobs)
+    assert remote == [_trace(*job) for job in jobs]

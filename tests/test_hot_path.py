@@ -55,3 +55,57 @@ def test_nogil_code_is_white(module, tmp_path):
     assert checked, f"{module} has no nogil code to check"
     yellow = [f"{n}: {html.unescape(source[n - 1].strip())}" for n in sorted(checked) if scores.get(n, 0) > 0]
     assert not yellow, f"{module}.pyx touches Python inside nogil code:\n" + "\n".join(yellow)
+
+
+def _traced_growth(run) -> int:
+    """Bytes still allocated through Python's allocators after ``run()``, net of before."""
+    import gc
+    import tracemalloc
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        result = run()
+        gc.collect()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    del result
+    return after - before
+
+
+def test_c_loop_allocates_nothing_per_round():
+    from syntra_core.bandits import ArmTable, BetaThompson, run_bernoulli
+
+    def peak(rounds):
+        import tracemalloc
+
+        rule = BetaThompson(ArmTable(5))
+        run_bernoulli(rule, [0.1, 0.2, 0.3, 0.4, 0.5], 10, seed=1)  # caches sized
+        tracemalloc.start()
+        try:
+            run_bernoulli(rule, [0.1, 0.2, 0.3, 0.4, 0.5], rounds, seed=2)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = peak(1_000), peak(200_000)
+    assert large - small < 1024, (small, large)
+
+
+def test_completed_decisions_free_their_memory():
+    from syntra import Engine
+
+    cap = Engine.memory(seed=1).install(
+        "tenants/t/jobs/j/capsules/c", options=["a", "b", "c"]
+    )
+
+    def play(rounds):
+        for i in range(rounds):
+            d = cap.decide("k")
+            cap.feedback(d.decision_id, float(i % 2))
+
+    play(1_000)
+    assert _traced_growth(lambda: play(100_000)) < 4096
+    assert cap.pending == 0 and cap.decisions == 101_000
