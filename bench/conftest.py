@@ -17,6 +17,10 @@ COMPARISONS = [
     ("Thompson 5-arm round: cap.decide+feedback vs River", "capsule_round", "river_round"),
     ("Thompson 5-arm round: cap.decide+feedback vs plain Python", "capsule_round", "python_round"),
     ("Thompson 5-arm round: raw rule in a C loop vs River", "raw_rule_round", "river_round"),
+] + [
+    (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
+     f"kernel_{n}_options", f"reference_{n}_options")
+    for n in (4, 22, 64)
 ]
 
 
