@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
@@ -199,7 +199,10 @@ def test_ucb_picks_the_highest_index(arm_stats, exploration):
             table.update("k", arm, 1.0 if i < wins else 0.0)
     total = sum(n for n, _ in arm_stats)
     scores = [min(w, n) / n + exploration * math.sqrt(2 * math.log(total) / n) for n, w in arm_stats]
+    best = max(scores)
+    near = [s for s in scores if abs(s - best) < 1e-9]
+    # Rounding decides near-ties differently here and in C; exact ties are unambiguous.
+    assume(all(s == best for s in near))
     arm, propensity = UCB1(table, exploration=exploration).select("k", 9, 0)
-    assert scores[arm] == pytest.approx(max(scores), abs=1e-9)
-    ties = sum(1 for s in scores if s == pytest.approx(max(scores), abs=1e-12))
-    assert propensity == pytest.approx(1 / ties)
+    assert scores[arm] == best
+    assert propensity == pytest.approx(1 / len(near))
