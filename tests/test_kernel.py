@@ -1,6 +1,5 @@
 """Tests for syntra_core.kernel, mostly against the Python model in kernel_reference."""
 
-import doctest
 import itertools
 import math
 
@@ -882,8 +881,3 @@ def test_verify_accepts_genuine_decisions_only():
     other_request = Request(**dict(rspec, business_value_microcents=10))
     assert not verify(policy, other_request, decision)
     assert verify(policy, other_request, prescribe(policy, other_request))
-
-
-def test_module_docstring_example_runs():
-    result = doctest.testmod(kernel)
-    assert result.attempted > 0 and result.failed == 0

@@ -8,4 +8,5 @@ modules ``cimport`` each other at C level:
 * :mod:`syntra_core.kernel`: the integer decision kernel (governance gates, utility in
   microcents, ranking, digests).
 * :mod:`syntra_core.bandits`: sufficient statistics per context and the decision rules.
+* :mod:`syntra_core.learner`: one capsule's decide/feedback loop and its decision ledger.
 """
