@@ -13,10 +13,17 @@ import pytest
 _seconds_per_unit: dict[str, float] = {}
 
 # (what is compared, candidate label, reference label); ratio = reference time / candidate time
+# Syntra's default Thompson is batched (cached probabilities); River samples every round.
+# The "exact" row recomputes after every observation, so both figures appear side by side.
 COMPARISONS = [
-    ("Thompson 5-arm round: cap.decide+feedback vs River", "capsule_round", "river_round"),
-    ("Thompson 5-arm round: cap.decide+feedback vs plain Python", "capsule_round", "python_round"),
-    ("Thompson 5-arm round: raw rule in a C loop vs River", "raw_rule_round", "river_round"),
+    ("Thompson 5-arm round, batched Thompson, exact propensities: cap.decide+feedback vs River",
+     "capsule_round", "river_round"),
+    ("Thompson 5-arm round, recomputed every observation (max_staleness=0): "
+     "cap.decide+feedback vs River", "capsule_round_exact", "river_round"),
+    ("Thompson 5-arm round, batched Thompson, exact propensities: cap.decide+feedback "
+     "vs plain Python", "capsule_round", "python_round"),
+    ("Thompson 5-arm round, batched Thompson, exact propensities: raw rule in a C loop "
+     "vs River", "raw_rule_round", "river_round"),
 ] + [
     (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
      f"kernel_{n}_options", f"reference_{n}_options")

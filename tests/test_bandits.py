@@ -42,6 +42,37 @@ def test_invalid_rewards_are_refused_without_side_effects(reward, message):
     assert table.pulls("k").tolist() == [1, 0]
 
 
+@pytest.mark.parametrize("arm,error,message", [
+    (3, ValueError, "arm 3 out of range 0..2"), (-1, ValueError, "arm -1 out of range"),
+    (2**40, ValueError, "out of range"), (1.5, TypeError, "arm must be an integer"),
+    (1.0, TypeError, "arm must be an integer"), (True, TypeError, "arm must be an integer"),
+    (np.bool_(False), TypeError, "arm must be an integer"),
+    ("1", TypeError, "arm must be an integer"),
+])
+def test_bad_arms_are_refused_without_creating_a_row(arm, error, message):
+    table = ArmTable(3)
+    table.update("seen", 0, 1.0)
+    with pytest.raises(error, match=message):
+        table.update("new", arm, 1.0)
+    assert table.contexts == ("seen",)
+    assert "new" not in table and len(table) == 1
+
+
+@pytest.mark.parametrize("reward", [float("nan"), np.nan, float("inf"), 2.0, -0.5])
+def test_bad_rewards_are_refused_without_creating_a_row(reward):
+    table = ArmTable(3)
+    with pytest.raises(ValueError, match="reward"):
+        table.update("new", 0, reward)
+    assert table.contexts == ()
+
+
+def test_numpy_integer_arms_are_accepted():
+    table = ArmTable(3)
+    table.update("k", np.int64(2), 1.0)
+    table.update("k", np.uint8(2), 0.0)
+    assert table.pulls("k").tolist() == [0, 0, 2]
+
+
 def test_binary_table_refuses_fractions():
     table = ArmTable(2, binary=True)
     table.update("k", 1, 1.0)
@@ -85,6 +116,15 @@ def test_thompson_settings_are_validated(kwargs, message):
         BetaThompson(ArmTable(2), **kwargs)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: BetaThompson(None), lambda: UCB1(None), lambda: BetaThompson(None, samples=8),
+    lambda: run_bernoulli(None, [0.5], 10, seed=1),
+])
+def test_a_missing_table_or_rule_is_a_type_error(make):
+    with pytest.raises(TypeError, match="NoneType"):
+        make()
+
+
 def test_ucb_settings_are_validated():
     with pytest.raises(ValueError, match="exploration"):
         UCB1(ArmTable(2), exploration=-1.0)
@@ -109,6 +149,36 @@ def test_thompson_probabilities_match_the_posterior(wins, losses):
     exact = _exact_win_probability(1 + wins[0], 1 + losses[0], 1 + wins[1], 1 + losses[1])
     sigma = math.sqrt(exact * (1 - exact) / samples) + 1e-9
     assert abs(rule.probabilities("k")[0] - exact) < 5 * sigma + 1.0 / samples
+
+
+@pytest.mark.parametrize("n_arms", [2, 5, 256])
+def test_thompson_exploration_floor_is_one_over_samples_plus_one_in_total(n_arms):
+    # Arm 0 wins every posterior draw, so the others hold exactly their floor.
+    table = ArmTable(n_arms, binary=True)
+    for _ in range(2000):
+        table.update("k", 0, 1.0)
+        for arm in range(1, n_arms):
+            table.update("k", arm, 0.0)
+    samples = 64
+    rule = BetaThompson(table, samples=samples)
+    rule.select("k", 1, 0)
+    probabilities = rule.probabilities("k")
+    floor = 1.0 / (n_arms * (samples + 1))
+    assert probabilities[1:] == pytest.approx(np.full(n_arms - 1, floor), rel=1e-12)
+    assert probabilities[0] == pytest.approx((samples + 1.0 / n_arms) / (samples + 1))
+    assert probabilities.sum() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n_arms", [64, 256])
+def test_thompson_best_arm_share_does_not_shrink_with_many_arms(n_arms):
+    # A floor that grows with the arm count would cap the best arm near 0.8 (64 arms)
+    # and 0.5 (256 arms) for ever; this one leaves it at samples / (samples + 1).
+    means = np.full(n_arms, 0.1)
+    means[n_arms // 2] = 0.9
+    rule = BetaThompson(ArmTable(n_arms))
+    run_bernoulli(rule, means, 50_000, seed=1)
+    late = run_bernoulli(rule, means, 20_000, seed=2)
+    assert late[n_arms // 2] / late.sum() > 0.95
 
 
 def test_thompson_plays_with_the_probability_it_logs():
@@ -178,6 +248,9 @@ def test_run_bernoulli_validates_means():
         run_bernoulli(rule, [0.5], 10, seed=1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         run_bernoulli(rule, [0.5, float("nan")], 10, seed=1)
+    with pytest.raises(ValueError, match="rounds must be >= 0, got -5"):
+        run_bernoulli(rule, [0.5, 0.5], -5, seed=1)
+    assert rule.table.contexts == ()
 
 
 def test_ucb_plays_every_arm_first_with_uniform_ties():

@@ -1,5 +1,6 @@
 """The ``syntra`` command: output, exit codes and error messages, in process and as a program."""
 
+import errno
 import json
 import os
 import subprocess
@@ -8,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+import syntra.simulate
 from syntra import __version__
 from syntra.cli import main
+from syntra.demo import _outcome
 from syntra.simulate import simulate
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -106,16 +109,97 @@ def test_simulate_plot_without_matplotlib_says_how_to_install_it(tmp_path, capsy
     assert not target.exists()
 
 
-def test_simulate_plot_that_cannot_be_written_fails_cleanly(tmp_path, capsys):
+def test_simulate_plot_onto_a_directory_fails_before_the_run(tmp_path, capsys):
     blocked = tmp_path / "taken.png"
     blocked.mkdir()  # a directory where the file should go
 
     code = main([*SIMULATE, "--rounds", "100", "--plot", str(blocked)])
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+
+    assert code == 2
+    assert out == ""  # refused up front: nothing ran
+    assert f"error: cannot write the plot to {str(blocked)!r}: it is a directory" in err
+    assert "Traceback" not in err
+
+
+def test_simulate_plot_in_a_directory_that_refuses_files_fails_before_the_run(
+        tmp_path, capsys, monkeypatch):
+    # A read-only mount refuses even root, whatever the permission bits say.
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(syntra.simulate.tempfile, "NamedTemporaryFile", read_only)
+    target = tmp_path / "regret.png"
+
+    code = main([*SIMULATE, "--rounds", "100", "--plot", str(target)])
+    out, err = capsys.readouterr()
+
+    assert code == 2
+    assert out == ""
+    assert f"cannot write the plot to {str(target)!r}: Read-only file system" in err
+    assert not target.exists()
+
+
+def test_simulate_plot_over_a_read_only_file_fails_before_the_run(tmp_path, capsys, monkeypatch):
+    target = tmp_path / "regret.png"
+    target.write_bytes(b"keep me")
+    real_access = os.access
+    # chmod cannot stop root, so say what a non-root user would be told.
+    monkeypatch.setattr(syntra.simulate.os, "access",
+                        lambda path, mode: False if path == target else real_access(path, mode))
+
+    code = main([*SIMULATE, "--rounds", "100", "--plot", str(target)])
+    out, err = capsys.readouterr()
+
+    assert code == 2 and out == ""
+    assert f"cannot write the plot to {str(target)!r}: permission denied" in err
+    assert target.read_bytes() == b"keep me"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere")
+def test_simulate_plot_in_a_read_only_directory_fails_before_the_run(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main([*SIMULATE, "--rounds", "100", "--plot", str(locked / "regret.png")])
+    finally:
+        locked.chmod(0o700)
+    out, err = capsys.readouterr()
+
+    assert code == 2 and out == ""
+    assert "cannot write the plot to" in err and "Permission denied" in err
+    assert list(locked.iterdir()) == []  # the probe file is gone too
+
+
+def test_simulate_probe_leaves_no_file_behind(tmp_path, capsys):
+    target = tmp_path / "regret.png"
+    assert main([*SIMULATE, "--rounds", "100", "--plot", str(target)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["regret.png"]
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_simulate_plot_failing_late_still_prints_the_result(as_json, tmp_path, capsys,
+                                                           monkeypatch):
+    def disk_full(result, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(syntra.simulate, "plot_regret", disk_full)
+    target = tmp_path / "regret.png"
+    args = [*SIMULATE, "--rounds", "1000", "--seed", "4", "--plot", str(target)]
+
+    code = main(args + ["--json"] if as_json else args)
+    out, err = capsys.readouterr()
 
     assert code == 1
-    assert err.startswith("syntra simulate: error: cannot write")
-    assert "Traceback" not in err
+    assert err.startswith(f"syntra simulate: error: cannot write {target}: ")
+    assert "No space left on device" in err and "Traceback" not in err
+    expected = simulate(["a", "b", "c"], [0.2, 0.5, 0.7], rounds=1000, seed=4)
+    if as_json:
+        assert json.loads(out) == json.loads(json.dumps(expected.to_dict()))
+    else:
+        assert f"cumulative regret  {expected.cumulative_regret:,.1f}" in out
+        assert "regret curve written" not in out
 
 
 @pytest.mark.parametrize(
@@ -123,9 +207,13 @@ def test_simulate_plot_that_cannot_be_written_fails_cleanly(tmp_path, capsys):
     [
         (["--options", "a,b", "--true-arm-rewards", "0.2,0.5,0.7"],
          "2 options need 2 true rewards, got 3"),
-        (["--options", "a,a,b", "--true-arm-rewards", "0.2,0.5,0.7"], "unique, repeated: a"),
-        (["--options", "", "--true-arm-rewards", "0.5"], "at least one option"),
-        (["--options", "a,,b", "--true-arm-rewards", "0.2,0.5,0.7"], "non-empty"),
+        (["--options", "a,a,b", "--true-arm-rewards", "0.2,0.5,0.7"], "unique, repeated: ['a']"),
+        (["--options", "", "--true-arm-rewards", "0.5"], "1 to 256 options, got 0"),
+        (["--options", "a,,b", "--true-arm-rewards", "0.2,0.5,0.7"], "1-128 characters, got ''"),
+        # The engine's limit, not a copy of it: a name the engine would refuse is refused here.
+        (["--options", "a," + "b" * 200, "--true-arm-rewards", "0.2,0.5"],
+         "1-128 characters, got 'bbbb"),
+        ([*SIMULATE[1:], "--context", "k" * 257], "at most 256 characters"),
         (["--options", "a,b", "--true-arm-rewards", "0.2,1.5"], "in [0, 1], got 1.5"),
         (["--options", "a,b", "--true-arm-rewards", "0.2,nan"], "got nan"),
         (["--options", "a,b", "--true-arm-rewards", "0.2,inf"], "got inf"),
@@ -146,6 +234,7 @@ def test_simulate_bad_arguments_exit_2_with_a_message(args, message, capsys):
 
     assert code == 2
     assert out == ""
+    assert err.startswith("usage: syntra simulate")  # reported as a usage error
     assert "syntra simulate: error:" in err and message in err
     assert "Traceback" not in err
 
@@ -175,6 +264,34 @@ def test_demo_learns_the_true_best_in_most_contexts(capsys):
         assert 0.0 <= context["mean_reward"] <= 1.0
 
 
+def test_demo_learns_every_context_at_default_settings(capsys):
+    assert main(["demo", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["seed"], result["rounds_per_context"]) == (0, 3000)
+    assert result["learned_true_best"] == result["contexts"] == 12
+
+
+def test_demo_learned_best_is_the_most_played_option(capsys):
+    main(["demo", "--seed", "2", "--rounds", "300", "--json"])
+    contexts = [c for s in json.loads(capsys.readouterr().out)["scenarios"] for c in s["contexts"]]
+    for context in contexts:
+        assert context["pulls"][context["learned_best"]] == max(context["pulls"].values())
+
+
+def test_demo_learned_best_ignores_a_lucky_rarely_played_option():
+    # "b" paid once in one play; the capsule played "c" 900 times and prefers it.
+    report = {"pulls": {"a": 99, "b": 1, "c": 900},
+              "mean_reward": {"a": 0.5, "b": 1.0, "c": 0.7}, "best_option": "b"}
+    outcome = _outcome("k", ("a", "b", "c"), (0.5, 0.6, 0.7), report)
+    assert outcome.learned_best == "c" and outcome.learned
+
+
+def test_demo_learned_best_breaks_a_tie_on_plays_by_the_higher_mean():
+    report = {"pulls": {"a": 50, "b": 50, "c": 0},
+              "mean_reward": {"a": 0.4, "b": 0.6, "c": None}, "best_option": "b"}
+    assert _outcome("k", ("a", "b", "c"), (0.4, 0.6, 0.1), report).learned_best == "b"
+
+
 def test_demo_autoscale_reward_is_continuous(capsys):
     main(["demo", "--rounds", "200", "--json"])
     scenarios = {s["title"]: s for s in json.loads(capsys.readouterr().out)["scenarios"]}
@@ -200,6 +317,7 @@ def test_demo_text_has_a_table_per_scenario_and_a_summary(capsys):
     for title in ("LLM tier routing", "Retry policy", "Autoscale", "Fraud threshold band"):
         assert title in out
     assert out.count("context  ") >= 4  # a header row per scenario
+    assert "learned best = the option the capsule played most" in out
     assert "tenants/demo/jobs/llm/capsules/" in out
     last = out.strip().splitlines()[-1]
     assert last.endswith("of 12 contexts learned their true best option.")

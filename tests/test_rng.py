@@ -130,8 +130,25 @@ def test_invalid_shapes_raise(bad):
 
 @pytest.mark.parametrize("seed,sequence", [(-1, 0), (2**64, 0), (0, -1), (0, 2**64)])
 def test_seed_out_of_range_raises(seed, sequence):
-    with pytest.raises(ValueError, match=r"2\*\*64"):
+    name = "seed" if seed != 0 else "sequence"
+    with pytest.raises(ValueError, match=rf"{name} must be an integer in \[0, 2\*\*64\)"):
         RandomStream(seed, sequence)
+
+
+@pytest.mark.parametrize("seed,sequence,name", [
+    (7.9, 0, "seed"), (7.0, 0, "seed"), (True, 0, "seed"), (np.bool_(True), 0, "seed"),
+    ("7", 0, "seed"), (None, 0, "seed"), (7, 1.5, "sequence"), (7, False, "sequence"),
+])
+def test_seed_and_sequence_must_be_integers(seed, sequence, name):
+    with pytest.raises(TypeError, match=f"{name} must be an integer, got "):
+        RandomStream(seed, sequence)
+
+
+def test_numpy_integers_name_the_same_stream():
+    stream = RandomStream(np.uint64(2**64 - 1), np.int32(3))
+    assert (stream.seed, stream.sequence) == (2**64 - 1, 3)
+    assert type(stream.seed) is int
+    assert stream.random() == RandomStream(2**64 - 1, 3).random()
 
 
 def test_negative_size_raises():

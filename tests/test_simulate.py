@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from syntra.engine import MAX_OPTION_NAME, MAX_OPTIONS
 from syntra.errors import SyntraError
-from syntra.simulate import CURVE_POINTS, InvalidSimulation, simulate
+from syntra.simulate import CURVE_POINTS, InvalidSimulation, PlottingUnavailable, simulate
 
 OPTIONS = ["a", "b", "c"]
 MEANS = [0.2, 0.5, 0.7]
@@ -105,12 +106,13 @@ def test_progress_reports_every_round_once_and_starts_with_zero():
 @pytest.mark.parametrize(
     ("options", "means", "rounds", "seed", "message"),
     [
-        ([], [], 10, 0, "at least one option"),
+        ([], [], 10, 0, "1 to 256 options, got 0"),
         ("abc", MEANS, 10, 0, "a list of option names"),
         (["a", "b"], [0.2, 0.5, 0.7], 10, 0, "2 options need 2 true rewards, got 3"),
         (["a", "b", "c"], [0.2, 0.5], 10, 0, "3 options need 3 true rewards, got 2"),
-        (["a", "a", "b"], MEANS, 10, 0, "unique, repeated: a"),
-        (["a", "", "b"], MEANS, 10, 0, "non-empty"),
+        (["a", "a", "b"], MEANS, 10, 0, "unique, repeated: ['a']"),
+        (["a", "", "b"], MEANS, 10, 0, "1-128 characters, got ''"),
+        (["a", 7, "b"], MEANS, 10, 0, "1-128 characters, got 7"),
         (OPTIONS, [0.2, 1.5, 0.7], 10, 0, "in [0, 1], got 1.5"),
         (OPTIONS, [-0.1, 0.5, 0.7], 10, 0, "in [0, 1], got -0.1"),
         (OPTIONS, [0.2, math.nan, 0.7], 10, 0, "got nan"),
@@ -132,8 +134,28 @@ def test_invalid_settings_are_rejected(options, means, rounds, seed, message):
 def test_unknown_algorithm_and_oversized_context_are_rejected():
     with pytest.raises(InvalidSimulation, match="algorithm must be one of"):
         simulate(OPTIONS, MEANS, rounds=10, algorithm="epsilon")
-    with pytest.raises(InvalidSimulation, match="context must be a string"):
+    with pytest.raises(InvalidSimulation, match="context_key must be a string of at most 256"):
         simulate(OPTIONS, MEANS, rounds=10, context="k" * 257)
+    with pytest.raises(InvalidSimulation, match="context_key must be a string"):
+        simulate(OPTIONS, MEANS, rounds=10, context=5)
+
+
+def test_options_follow_the_engines_limits_exactly():
+    # Whatever the engine accepts runs; whatever it refuses is an InvalidSimulation up front.
+    longest = ["x" * MAX_OPTION_NAME, "y"]
+    assert simulate(longest, [0.5, 0.5], rounds=10).options == tuple(longest)
+    with pytest.raises(InvalidSimulation, match=f"1-{MAX_OPTION_NAME} characters"):
+        simulate(["x" * 200, "y"], [0.5, 0.5], rounds=10)
+    most = [f"o{i}" for i in range(MAX_OPTIONS)]
+    assert len(simulate(most, [0.5] * MAX_OPTIONS, rounds=10).pulls) == MAX_OPTIONS
+    too_many = f"1 to {MAX_OPTIONS} options, got {MAX_OPTIONS + 1}"
+    with pytest.raises(InvalidSimulation, match=too_many):
+        simulate(most + ["extra"], [0.5] * (MAX_OPTIONS + 1), rounds=10)
+
+
+def test_simulation_errors_are_syntra_errors():
+    assert issubclass(InvalidSimulation, SyntraError) and issubclass(InvalidSimulation, ValueError)
+    assert issubclass(PlottingUnavailable, SyntraError)
 
 
 def test_invalid_settings_report_no_progress():

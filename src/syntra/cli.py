@@ -5,8 +5,9 @@ Each subcommand is one ``_add_<name>`` function that registers its parser and on
 lives in library modules (:mod:`syntra.simulate`, :mod:`syntra.demo`); this module parses
 arguments and prints.
 
-Exit codes: 0 on success, 1 when the work fails (e.g. a file cannot be written), 2 for a
-usage error or any :class:`~syntra.errors.SyntraError`, 130 when interrupted.
+Exit codes: 0 on success, 1 when the work fails after it ran (e.g. the plot cannot be
+written after all; the result is printed first), 2 for a usage error or any
+:class:`~syntra.errors.SyntraError`, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -95,17 +96,20 @@ def _run_simulate(args: argparse.Namespace) -> int:
                               algorithm=args.algorithm, context=args.context, progress=advance)
     except InvalidSimulation as error:
         args.parser.error(str(error))  # the arguments are wrong: say so as argparse would
+    # The result goes out before the plot is drawn: a plot that still fails to write (disk
+    # full, the directory removed meanwhile) must not take a finished run down with it.
+    if args.json:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        print(_format_simulation(result))
+    sys.stdout.flush()
     if args.plot:
         try:
             plot_regret(result, args.plot)
         except OSError as error:
             print(f"syntra simulate: error: cannot write {args.plot}: {error}", file=sys.stderr)
             return 1
-    if args.json:
-        print(json.dumps(result.to_dict(), allow_nan=False))
-    else:
-        print(_format_simulation(result))
-        if args.plot:
+        if not args.json:
             print(f"regret curve written to {args.plot}")
     return 0
 
@@ -173,7 +177,8 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
         "demo",
         help="learn the best option per context in a few built-in scenarios",
         description="Drive simulated traffic through built-in scenarios (LLM routing, retries, "
-        "autoscaling, fraud thresholds) and show what each context learned.",
+        "autoscaling, fraud thresholds) and show what each context learned: the option its "
+        "capsule played most.",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
@@ -198,7 +203,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _format_demo(result: DemoResult) -> str:
-    lines = [f"{result.rounds:,} decisions per context, seed {result.seed}"]
+    lines = [
+        f"{result.rounds:,} decisions per context, seed {result.seed}",
+        "learned best = the option the capsule played most (a tie goes to the higher mean)",
+    ]
     for scenario in result.scenarios:
         rows = [
             [

@@ -4,6 +4,10 @@ Each scenario is one capsule under ``tenants/demo/jobs/<job>/capsules/<name>`` w
 contexts have their own true reward rates, unknown to the capsule. Traffic visits the
 contexts in turn; after it, the demo compares what each context learned with the truth.
 
+A context's *learned best* is the option its capsule played most (a tie goes to the higher
+mean reward): that is the option the capsule has come to prefer. The highest raw mean
+would not do, since an option played once and lucky once has a mean of 1.
+
 >>> result = run_demo(seed=7, rounds=300)
 >>> [s.title for s in result.scenarios][0]
 'LLM tier routing'
@@ -117,7 +121,10 @@ SCENARIOS = (
 
 @dataclass(frozen=True, slots=True)
 class ContextOutcome:
-    """What one context learned, next to the truth."""
+    """What one context learned, next to the truth.
+
+    ``learned_best`` is the most-played option (ties to the higher mean), None before any play.
+    """
 
     context: str
     learned_best: str | None
@@ -238,13 +245,21 @@ def _outcome(context: str, options: tuple[str, ...], means: tuple[float, ...],
     earned = sum(pulls[o] * m for o, m in learned["mean_reward"].items() if m is not None)
     return ContextOutcome(
         context=context,
-        learned_best=learned["best_option"],
+        learned_best=_most_played(pulls, learned["mean_reward"]),
         true_best=true_best,
         true_best_share=pulls[true_best] / total,
         mean_reward=earned / total,
         pulls=dict(pulls),
         true_means=dict(zip(options, means)),
     )
+
+
+def _most_played(pulls: dict[str, int], means: dict[str, float | None]) -> str | None:
+    """The option played most, a tie going to the higher mean; None if nothing was played."""
+    played = [option for option, count in pulls.items() if count]
+    if not played:
+        return None
+    return max(played, key=lambda option: (pulls[option], means[option]))
 
 
 def _bernoulli_reward(world: RandomStream, mean: float) -> float:

@@ -18,13 +18,15 @@ option``. It measures the rule, not the luck of the world's coin flips.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+import os
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syntra.engine import ALGORITHMS, MAX_CONTEXT_KEY, Engine
-from syntra.errors import SyntraError
+from syntra.engine import ALGORITHMS, Engine, _check_context, _check_options
+from syntra.errors import InvalidConfig, InvalidContext, SyntraError
 from syntra_core.rng import RandomStream
 
 MAX_ROUNDS = 10**8
@@ -111,16 +113,19 @@ def simulate(
     ``true_means[i]`` is the probability that option ``i`` pays 1. ``progress``, if given,
     is called with 0 once the settings are valid and the run starts, then now and then
     with the number of rounds played since its previous call.
-    Raises :class:`InvalidSimulation` for invalid settings.
+    Raises :class:`InvalidSimulation` for invalid settings, with the engine's own message
+    for options and context (so whatever the engine would refuse is refused here first).
     """
-    if isinstance(options, str) or not isinstance(options, Iterable):
-        raise InvalidSimulation(f"options must be a list of option names, got {options!r}")
-    options = tuple(options)
+    try:
+        options = _check_options(options)
+        _check_context(context)
+    except (InvalidConfig, InvalidContext) as error:
+        raise InvalidSimulation(str(error)) from None
     try:
         true_means = tuple(float(m) for m in true_means)
     except (TypeError, ValueError):
         raise InvalidSimulation(f"true rewards must be numbers, got {true_means!r}") from None
-    _validate(options, true_means, rounds, seed, algorithm, context)
+    _validate(options, true_means, rounds, seed, algorithm)
 
     engine = Engine.memory(seed=seed)
     capsule = engine.install(CAPSULE_NAME, options=options, algorithm=algorithm,
@@ -174,14 +179,8 @@ def _checkpoints(rounds: int, points: int) -> list[int]:
 
 
 def _validate(options: tuple[str, ...], true_means: tuple[float, ...], rounds: int,
-              seed: int, algorithm: str, context: str) -> None:
-    if not options:
-        raise InvalidSimulation("give at least one option")
-    if any(not isinstance(o, str) or not o for o in options):
-        raise InvalidSimulation(f"option names must be non-empty strings, got {list(options)}")
-    repeated = sorted({o for o in options if options.count(o) > 1})
-    if repeated:
-        raise InvalidSimulation(f"option names must be unique, repeated: {', '.join(repeated)}")
+              seed: int, algorithm: str) -> None:
+    # Options and context were checked by the engine's own rules in simulate().
     if len(true_means) != len(options):
         raise InvalidSimulation(
             f"{len(options)} options need {len(options)} true rewards, got {len(true_means)}"
@@ -199,11 +198,6 @@ def _validate(options: tuple[str, ...], true_means: tuple[float, ...], rounds: i
         raise InvalidSimulation(
             f"algorithm must be one of {', '.join(sorted(ALGORITHMS))}, got {algorithm!r}"
         )
-    if not isinstance(context, str) or len(context) > MAX_CONTEXT_KEY:
-        raise InvalidSimulation(
-            f"context must be a string of at most {MAX_CONTEXT_KEY} characters,"
-            f" got {str(context)[:40]!r}"
-        )
 
 
 def _is_int(value: object) -> bool:
@@ -211,7 +205,12 @@ def _is_int(value: object) -> bool:
 
 
 def check_plot_path(path: str | Path) -> None:
-    """Fail before a long run rather than after it: the plot must be writable as asked."""
+    """Fail before a long run rather than after it: the plot must be writable as asked.
+
+    Raises :class:`PlottingUnavailable` without matplotlib, and :class:`InvalidSimulation`
+    for an unknown format, a missing directory, a directory in the file's place or a
+    location this process cannot write to.
+    """
     _matplotlib()
     from matplotlib.backend_bases import FigureCanvasBase
 
@@ -224,6 +223,19 @@ def check_plot_path(path: str | Path) -> None:
         )
     if not target.parent.is_dir():
         raise InvalidSimulation(f"directory {str(target.parent)!r} does not exist")
+    if target.is_dir():
+        raise InvalidSimulation(f"cannot write the plot to {str(target)!r}: it is a directory")
+    if target.exists() and not os.access(target, os.W_OK):
+        raise InvalidSimulation(f"cannot write the plot to {str(target)!r}: permission denied")
+    # Permission bits do not tell the whole story (read-only mounts, ACLs, root): a real
+    # file in the same directory does.
+    try:
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".syntra-plot-check-"):
+            pass
+    except OSError as error:
+        raise InvalidSimulation(
+            f"cannot write the plot to {str(target)!r}: {error.strerror or error}"
+        ) from None
 
 
 def plot_regret(result: SimulationResult, path: str | Path) -> None:

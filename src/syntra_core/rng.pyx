@@ -174,10 +174,22 @@ def _check_size(Py_ssize_t size):
         raise ValueError(f"size must be >= 0, got {size}")
 
 
+def _check_u64(name, value):
+    # int() would truncate 7.9 to 7 and take True as 1: both would silently pick a stream
+    # the caller did not ask for.
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an integer in [0, 2**64), got {value}")
+    return value
+
+
 cdef class RandomStream:
     """One decision's random stream, re-derivable from ``(seed, sequence)``.
 
-    ``seed`` and ``sequence`` are unsigned 64-bit integers. The array methods exist for
+    ``seed`` and ``sequence`` are integers in ``[0, 2**64)`` (Python or numpy integers; not
+    floats, not bools). The array methods exist for
     tests and offline tools; rules in ``syntra_core`` use the C functions directly.
     """
 
@@ -186,10 +198,8 @@ cdef class RandomStream:
     cdef readonly object sequence
 
     def __cinit__(self, seed, sequence=0):
-        if not (0 <= seed < 2**64) or not (0 <= sequence < 2**64):
-            raise ValueError("seed and sequence must be integers in [0, 2**64)")
-        self.seed = int(seed)
-        self.sequence = int(sequence)
+        self.seed = _check_u64("seed", seed)
+        self.sequence = _check_u64("sequence", sequence)
         stream_init(&self._st, <uint64_t>self.seed, <uint64_t>self.sequence)
 
     def next_u64(self):
