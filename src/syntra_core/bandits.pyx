@@ -11,12 +11,20 @@ propensity), which off-policy evaluation needs.
   Beta posterior per arm (fractional rewards count as fractional successes). Thompson
   sampling plays each arm with the posterior probability that it is the best one. This
   implementation computes those probabilities directly, by Monte Carlo over ``samples``
-  posterior draws, smooths them with the Krichevsky-Trofimov estimator
-  ``(wins + 1/2) / (samples + arms/2)``, and then draws the arm from them. So the logged
-  propensity is exactly the probability the arm was played with. The probabilities of a
-  context are cached and recomputed once the observations since the last refresh exceed
-  ``max_staleness`` times the observations at that refresh (and at least one), which is
-  batched Thompson sampling: cheap per decision, and still exact about its propensity.
+  posterior draws, and then draws the arm from them. So the logged propensity is exactly
+  the probability the arm was played with.
+
+  Off-policy evaluation divides by propensities, so none may be 0: the probabilities carry
+  an explicit exploration floor. With ``wins_k`` the number of draws arm ``k`` won, it is
+  played with probability ``(wins_k + 1/arms) / (samples + 1)``. Each arm keeps at least
+  ``1 / (arms * (samples + 1))``, and the floor takes ``1 / (samples + 1)`` in total
+  whatever the arm count, so a clear winner still gets at least ``samples / (samples + 1)``
+  of the plays, with 256 arms as with 2.
+
+  The probabilities of a context are cached and recomputed once the observations since the
+  last refresh reach ``max_staleness`` times the observations at that refresh (and at
+  least one), which is batched Thompson sampling: cheap per decision, and still exact
+  about its propensity.
 * :class:`UCB1` (Auer et al., 2002) plays an unplayed arm first, then the arm with the
   highest ``mean + exploration * sqrt(2 ln N / n)`` on rewards scaled to [0, 1]. Ties are
   broken uniformly at random and the propensity says so.
@@ -37,9 +45,11 @@ True
 from cpython.mem cimport PyMem_Realloc, PyMem_Free
 from libc.math cimport isfinite, log, sqrt, INFINITY
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 from syntra_core.rng cimport Stream, stream_init, next_double, next_below, beta
+
+import operator
 
 import numpy as np
 
@@ -51,6 +61,30 @@ cdef void* _resize(void* block, size_t size) except NULL:
     if grown == NULL:
         raise MemoryError()
     return grown
+
+
+cdef UpdateStatus _reward_status(ArmTable table, double reward) noexcept nogil:
+    if not isfinite(reward):
+        return UPDATE_NOT_FINITE
+    if reward < table.reward_low or reward > table.reward_high:
+        return UPDATE_OUT_OF_RANGE
+    if table.binary and reward != table.reward_low and reward != table.reward_high:
+        return UPDATE_NOT_BINARY
+    return UPDATE_OK
+
+
+cdef int _arm_index(ArmTable table, object arm) except -1:
+    # operator.index refuses floats, so 1.5 is never truncated to arm 1; a bool is a
+    # Python int, but as an arm it is a bug in the caller.
+    if isinstance(arm, (bool, np.bool_)):
+        raise TypeError(f"arm must be an integer, got {arm!r}")
+    try:
+        index = operator.index(arm)
+    except TypeError:
+        raise TypeError(f"arm must be an integer, got {type(arm).__name__} {arm!r}") from None
+    if not 0 <= index < table.n_arms:
+        raise ValueError(f"arm {index} out of range 0..{table.n_arms - 1}")
+    return index
 
 
 cdef class ArmTable:
@@ -112,12 +146,9 @@ cdef class ArmTable:
     cdef UpdateStatus update_c(self, Py_ssize_t row, int arm, double reward) noexcept nogil:
         if arm < 0 or arm >= self.n_arms:
             return UPDATE_BAD_ARM
-        if not isfinite(reward):
-            return UPDATE_NOT_FINITE
-        if reward < self.reward_low or reward > self.reward_high:
-            return UPDATE_OUT_OF_RANGE
-        if self.binary and reward != self.reward_low and reward != self.reward_high:
-            return UPDATE_NOT_BINARY
+        cdef UpdateStatus status = _reward_status(self, reward)
+        if status != UPDATE_OK:
+            return status
         cdef ArmStats* s = self.row_stats(row) + arm
         s.pulls += 1
         s.reward_sum += reward
@@ -125,10 +156,52 @@ cdef class ArmTable:
         self.row_pulls[row] += 1
         return UPDATE_OK
 
-    def update(self, key, int arm, double reward):
-        """Record one reward for ``arm`` in context ``key``. Raises ValueError if invalid."""
+    def update(self, key, arm, double reward):
+        """Record one reward for ``arm`` in context ``key``.
+
+        Raises TypeError if ``arm`` is not an integer (bools included) and ValueError if the
+        arm is out of range or the reward is invalid. A refused update changes nothing: it
+        does not even create the row of a new context.
+        """
+        cdef int index = _arm_index(self, arm)
+        check_update(_reward_status(self, reward), self, index, reward)
         cdef Py_ssize_t row = self.row_for(key)
-        check_update(self.update_c(row, arm, reward), self, arm, reward)
+        check_update(self.update_c(row, index, reward), self, index, reward)
+
+    def export_state(self):
+        """The table's exact state: context keys and the raw statistics arrays.
+
+        Context keys must be strings. :meth:`import_state` on an empty table with the same
+        shape restores it bit for bit.
+        """
+        for key in self._keys:
+            if type(key) is not str:
+                raise TypeError(f"only string context keys can be exported, got {key!r}")
+        return {
+            "contexts": list(self._keys),
+            "stats": (<char*>self.stats)[:self.n_rows * self.n_arms * sizeof(ArmStats)],
+            "row_pulls": (<char*>self.row_pulls)[:self.n_rows * sizeof(int64_t)],
+        }
+
+    def import_state(self, state):
+        """Load :meth:`export_state` output into this empty table. Raises ValueError if it does not fit."""
+        if self.n_rows:
+            raise ValueError("import_state needs an empty table")
+        contexts = list(state["contexts"])
+        cdef bytes stats = bytes(state["stats"])
+        cdef bytes row_pulls = bytes(state["row_pulls"])
+        cdef Py_ssize_t rows = len(contexts)
+        if len(set(contexts)) != rows or not all(type(k) is str for k in contexts):
+            raise ValueError("table state: context keys must be distinct strings")
+        if len(stats) != rows * self.n_arms * sizeof(ArmStats) or len(row_pulls) != rows * sizeof(int64_t):
+            raise ValueError(f"table state: arrays do not match {rows} contexts x {self.n_arms} arms")
+        if rows:
+            self._grow(rows)
+            memcpy(self.stats, <char*>stats, len(stats))
+            memcpy(self.row_pulls, <char*>row_pulls, len(row_pulls))
+        self.n_rows = rows
+        self._keys = contexts
+        self._rows = {key: row for row, key in enumerate(contexts)}
 
     @property
     def contexts(self):
@@ -165,7 +238,7 @@ cdef class ArmTable:
         return self._field(key, 2)
 
 
-def check_update(UpdateStatus status, ArmTable table, int arm, double reward):
+def check_update(UpdateStatus status, ArmTable table not None, int arm, double reward):
     """Raise the ValueError that describes a failed ``update_c``; do nothing on success."""
     if status == UPDATE_OK:
         return
@@ -185,7 +258,7 @@ def check_update(UpdateStatus status, ArmTable table, int arm, double reward):
 cdef class Rule:
     """A decision rule over an :class:`ArmTable`. Subclasses implement ``select_c``."""
 
-    def __cinit__(self, ArmTable table, *args, **kwargs):
+    def __cinit__(self, ArmTable table not None, *args, **kwargs):
         self.table = table
         self.cache_rows = 0
 
@@ -196,6 +269,15 @@ cdef class Rule:
     cdef int select_c(self, Py_ssize_t row, Stream* st, double* propensity) noexcept nogil:
         propensity[0] = 1.0
         return 0
+
+    def export_state(self):
+        """The rule's own state beyond the shared table (none for stateless rules)."""
+        return {}
+
+    def import_state(self, state):
+        """Load :meth:`export_state` output; the table must already hold its state."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
 
     def select(self, key, uint64_t seed, uint64_t sequence):
         """Choose an arm for context ``key`` with the stream of ``(seed, sequence)``.
@@ -220,7 +302,7 @@ cdef class BetaThompson(Rule):
     move before the probabilities are recomputed (0 recomputes after every observation).
     """
 
-    def __cinit__(self, ArmTable table, double prior_a=1.0, double prior_b=1.0,
+    def __cinit__(self, ArmTable table not None, double prior_a=1.0, double prior_b=1.0,
                   int samples=128, double max_staleness=1.0 / 32):
         for name, value in (("prior_a", prior_a), ("prior_b", prior_b)):
             if not isfinite(value) or value <= 0.0:
@@ -276,8 +358,9 @@ cdef class BetaThompson(Rule):
                     best_draw = draw
                     best = k
             probs[best] += 1.0
+        # Exploration floor (see the module docs): total mass 1/(samples+1) whatever n is.
         for k in range(n):
-            probs[k] = (probs[k] + 0.5) / (self.samples + 0.5 * n)
+            probs[k] = (probs[k] + 1.0 / n) / (self.samples + 1.0)
         self.refreshed_at[row] = self.table.row_pulls[row]
 
     cdef int select_c(self, Py_ssize_t row, Stream* st, double* propensity) noexcept nogil:
@@ -303,6 +386,25 @@ cdef class BetaThompson(Rule):
         propensity[0] = probs[n - 1]
         return n - 1
 
+    def export_state(self):
+        cdef Py_ssize_t rows = min(self.cache_rows, self.table.n_rows)
+        return {
+            "win_prob": (<char*>self.win_prob)[:rows * self.table.n_arms * sizeof(double)],
+            "refreshed_at": (<char*>self.refreshed_at)[:rows * sizeof(int64_t)],
+        }
+
+    def import_state(self, state):
+        cdef bytes probs = bytes(state["win_prob"])
+        cdef bytes at = bytes(state["refreshed_at"])
+        cdef Py_ssize_t rows = len(at) // sizeof(int64_t)
+        if (len(at) != rows * sizeof(int64_t) or rows > self.table.n_rows
+                or len(probs) != rows * self.table.n_arms * sizeof(double)):
+            raise ValueError("thompson state does not match the table")
+        if rows:
+            self.prepare(rows - 1)
+            memcpy(self.win_prob, <char*>probs, len(probs))
+            memcpy(self.refreshed_at, <char*>at, len(at))
+
     def probabilities(self, key):
         """The cached play probabilities of context ``key``, or None before its first decision."""
         cdef Py_ssize_t row = self.table.find_row(key)
@@ -322,7 +424,7 @@ cdef class BetaThompson(Rule):
 cdef class UCB1(Rule):
     """UCB1 on rewards scaled to [0, 1]; ``exploration`` scales the confidence bonus."""
 
-    def __cinit__(self, ArmTable table, double exploration=1.0):
+    def __cinit__(self, ArmTable table not None, double exploration=1.0):
         if not isfinite(exploration) or exploration < 0.0:
             raise ValueError(f"exploration must be a finite number >= 0, got {exploration!r}")
         self.exploration = exploration
@@ -364,13 +466,15 @@ cdef class UCB1(Rule):
         return chosen
 
 
-def run_bernoulli(Rule rule, means, Py_ssize_t rounds, uint64_t seed, key=None):
+def run_bernoulli(Rule rule not None, means, Py_ssize_t rounds, uint64_t seed, key=None):
     """Play ``rounds`` decide+update rounds against Bernoulli arms, entirely in C.
 
     Each round derives its stream from ``(seed, round)``, selects an arm with ``rule`` in
     context ``key`` and feeds back a Bernoulli reward drawn with that arm's mean. Returns
     the number of plays per arm. Used by the benchmarks and for fast offline what-ifs.
     """
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
     cdef ArmTable table = rule.table
     cdef double[::1] p = np.ascontiguousarray(means, dtype=np.float64)
     if p.shape[0] != table.n_arms:
