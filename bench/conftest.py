@@ -24,6 +24,8 @@ COMPARISONS = [
      "vs plain Python", "capsule_round", "python_round"),
     ("Thompson 5-arm round, batched Thompson, exact propensities: raw rule in a C loop "
      "vs River", "raw_rule_round", "river_round"),
+    ("WAL, 16 writers x 100 B: group commit vs fsync per record", "wal_group_commit", "wal_fsync_per_record"),
+    ("WAL, 16 writers x 100 B: group commit (fsync) vs no sync", "wal_group_commit", "wal_no_sync"),
 ] + [
     (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
      f"kernel_{n}_options", f"reference_{n}_options")

@@ -243,7 +243,7 @@ def test_simulate_bad_arguments_exit_2_with_a_message(args, message, capsys):
 
 
 def test_demo_learns_the_true_best_in_most_contexts(capsys):
-    assert main(["demo", "--seed", "7", "--json"]) == 0
+    assert main(["demo", "--memory", "--seed", "7", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
 
     assert result["seed"] == 7 and result["rounds_per_context"] == 3000
@@ -265,14 +265,14 @@ def test_demo_learns_the_true_best_in_most_contexts(capsys):
 
 
 def test_demo_learns_every_context_at_default_settings(capsys):
-    assert main(["demo", "--json"]) == 0
+    assert main(["demo", "--memory", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert (result["seed"], result["rounds_per_context"]) == (0, 3000)
     assert result["learned_true_best"] == result["contexts"] == 12
 
 
 def test_demo_learned_best_is_the_most_played_option(capsys):
-    main(["demo", "--seed", "2", "--rounds", "300", "--json"])
+    main(["demo", "--memory", "--seed", "2", "--rounds", "300", "--json"])
     contexts = [c for s in json.loads(capsys.readouterr().out)["scenarios"] for c in s["contexts"]]
     for context in contexts:
         assert context["pulls"][context["learned_best"]] == max(context["pulls"].values())
@@ -293,7 +293,7 @@ def test_demo_learned_best_breaks_a_tie_on_plays_by_the_higher_mean():
 
 
 def test_demo_autoscale_reward_is_continuous(capsys):
-    main(["demo", "--rounds", "200", "--json"])
+    main(["demo", "--memory", "--rounds", "200", "--json"])
     scenarios = {s["title"]: s for s in json.loads(capsys.readouterr().out)["scenarios"]}
     autoscale = scenarios["Autoscale"]
     assert autoscale["reward"] == "continuous"
@@ -302,16 +302,16 @@ def test_demo_autoscale_reward_is_continuous(capsys):
 
 
 def test_demo_is_deterministic_for_a_seed(capsys):
-    main(["demo", "--seed", "3", "--rounds", "500", "--json"])
+    main(["demo", "--memory", "--seed", "3", "--rounds", "500", "--json"])
     first = capsys.readouterr().out
-    main(["demo", "--seed", "3", "--rounds", "500", "--json"])
+    main(["demo", "--memory", "--seed", "3", "--rounds", "500", "--json"])
     assert capsys.readouterr().out == first
-    main(["demo", "--seed", "4", "--rounds", "500", "--json"])
+    main(["demo", "--memory", "--seed", "4", "--rounds", "500", "--json"])
     assert capsys.readouterr().out != first
 
 
 def test_demo_text_has_a_table_per_scenario_and_a_summary(capsys):
-    assert main(["demo", "--seed", "7", "--rounds", "1000"]) == 0
+    assert main(["demo", "--memory", "--seed", "7", "--rounds", "1000"]) == 0
     out = capsys.readouterr().out
 
     for title in ("LLM tier routing", "Retry policy", "Autoscale", "Fraud threshold band"):
@@ -328,7 +328,7 @@ def test_demo_text_has_a_table_per_scenario_and_a_summary(capsys):
     [(["--rounds", "0"], "rounds must be an integer"), (["--seed", "-5"], "seed must be")],
 )
 def test_demo_bad_arguments_exit_2(args, message, capsys):
-    code = main(["demo", *args])
+    code = main(["demo", "--memory", *args])
     err = capsys.readouterr().err
     assert code == 2 and "syntra demo: error:" in err and message in err
 
@@ -373,3 +373,18 @@ def test_program_bad_arguments_exit_2_without_a_traceback():
     assert done.returncode == 2
     assert "2 options need 2 true rewards, got 3" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_demo_runs_on_a_durable_store_and_verifies_it(tmp_path, capsys):
+    store = tmp_path / "demo-store"
+    (store / "stale").mkdir(parents=True)  # the demo owns its directory: it starts afresh
+    assert main(["demo", "--rounds", "200", "--data", str(store), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["store"] == {"path": str(store), "verified": True}
+    assert not (store / "stale").exists()
+    from syntra import Engine
+
+    with Engine.open(store) as engine:
+        decisions = sum(c.decisions for c in engine.capsules())
+    assert decisions == 200 * report["contexts"]
+    assert main(["verify", str(store)]) == 0

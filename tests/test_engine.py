@@ -157,6 +157,89 @@ def test_ids_from_another_capsule_or_install_are_unknown():
         reinstalled.feedback(d.decision_id, 1.0)
 
 
+def test_ids_from_another_engine_with_the_same_seed_are_unknown():
+    first = Engine.memory(seed=7).install(NAME, options=OPTIONS)
+    second = Engine.memory(seed=7).install(NAME, options=OPTIONS)
+    d = first.decide("k")
+    second.decide("k")
+    with pytest.raises(UnknownDecision):
+        second.feedback(d.decision_id, 1.0)
+    assert second.pending == 1
+
+
+def test_an_uninstalled_capsule_refuses_work():
+    eng = Engine.memory()
+    cap = eng.install(NAME, options=OPTIONS)
+    d = cap.decide("k")
+    eng.uninstall(NAME)
+    with pytest.raises(UnknownCapsule):
+        cap.decide("k")
+    with pytest.raises(UnknownCapsule):
+        cap.feedback(d.decision_id, 1.0)
+    assert cap.report()["decisions"] == 1
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"samples": 2.5}, "samples must be int"),
+    ({"samples": True}, "samples must be int"),
+    ({"samples": 2**40}, r"samples must be in \[1, 100000\]"),
+    ({"samples": 10_000}, "samples x options"),
+    ({"prior_a": 10**400}, r"prior_a must be in \(0"),
+    ({"prior_a": True}, "prior_a must be float"),
+    ({"prior_b": 0.0}, r"prior_b must be in \(0"),
+    ({"max_staleness": float("nan")}, "max_staleness must be in"),
+])
+def test_settings_are_checked_strictly(settings, message):
+    with pytest.raises(InvalidConfig, match=message):
+        Engine.memory().install(NAME, options=[f"o{i}" for i in range(200)], settings=settings)
+
+
+@pytest.mark.parametrize("algorithm", [["thompson"], None, 3])
+def test_bad_algorithm_types(algorithm):
+    with pytest.raises(InvalidConfig, match="algorithm"):
+        Engine.memory().install(NAME, options=OPTIONS, algorithm=algorithm)
+
+
+@pytest.mark.parametrize("bounds", [[0, 1e308], [-10**400, 0], [0, 1e13], [True, 2]])
+def test_reward_ranges_are_bounded(bounds):
+    with pytest.raises(InvalidConfig, match="reward.range"):
+        Engine.memory().install(NAME, options=OPTIONS, reward={"type": "continuous", "range": bounds})
+
+
+@pytest.mark.parametrize("reward", [True, False, 10**400, [1.0]])
+def test_rewards_of_the_wrong_kind_are_refused(cap, reward):
+    d = cap.decide("k")
+    with pytest.raises(InvalidReward):
+        cap.feedback(d.decision_id, reward)
+    assert cap.is_pending(d.decision_id)
+
+
+def test_numpy_rewards_are_accepted(cap):
+    import numpy as np
+
+    d = cap.decide("k")
+    cap.feedback(d.decision_id, np.float64(1.0))
+    assert not cap.is_pending(d.decision_id)
+
+
+def test_context_keys_must_be_valid_unicode(cap):
+    with pytest.raises(InvalidContext, match="Unicode"):
+        cap.decide("bad\ud800")
+    assert cap.decide("caf\u00e9").context_key == "caf\u00e9"
+
+
+def test_report_leader_is_the_most_played_option(cap):
+    lucky = cap.decide("k")
+    cap.feedback(lucky.decision_id, 1.0)
+    other = next(i for i in range(3) if i != lucky.option_index)
+    for _ in range(500):
+        d = cap.decide("k")
+        if d.option_index == other:
+            cap.feedback(d.decision_id, 0.0)
+    pulls = cap.report()["contexts"]["k"]["pulls"]
+    assert cap.report()["contexts"]["k"]["best_option"] == max(pulls, key=pulls.get)
+
+
 def test_continuous_rewards(cap):
     eng = Engine.memory()
     c = eng.install(NAME, options=["a", "b"], reward={"type": "continuous", "range": [-5, 5]})
@@ -173,7 +256,7 @@ def _trace(seed, algorithm):
     for i in range(200):
         d = cap.decide(f"ctx{i % 3}")
         cap.feedback(d.decision_id, float(d.option_index == i % 3))
-        out.append((d.decision_id, d.option, d.propensity))
+        out.append((d.sequence, d.option, d.propensity))
     return out
 
 
@@ -277,9 +360,10 @@ class LedgerMachine(RuleBasedStateMachine):
         with pytest.raises(InvalidReward):
             self.cap.feedback(decision_id, reward)
 
-    @rule(offset=st.integers(0, 50))
-    def unknown(self, offset):
-        decision_id = f"{self.cap.decisions + offset:016x}-00000000"
+    @rule(offset=st.integers(0, 50), foreign_tag=st.booleans())
+    def unknown(self, offset, foreign_tag):
+        tag = "0" * 16 if foreign_tag else self.cap._learner.tag
+        decision_id = f"{self.cap.decisions + offset:016x}-{tag}"
         with pytest.raises(UnknownDecision):
             self.cap.feedback(decision_id, 1.0)
 

@@ -2,12 +2,12 @@
 
 Each subcommand is one ``_add_<name>`` function that registers its parser and one
 ``_run_<name>`` function that does the work and returns the exit code. The computing
-lives in library modules (:mod:`syntra.simulate`, :mod:`syntra.demo`); this module parses
-arguments and prints.
+lives in library modules (:mod:`syntra.simulate`, :mod:`syntra.demo`,
+:mod:`syntra.store.logs`, :mod:`syntra.verify`); this module parses arguments and prints.
 
 Exit codes: 0 on success, 1 when the work fails after it ran (e.g. the plot cannot be
-written after all; the result is printed first), 2 for a usage error or any
-:class:`~syntra.errors.SyntraError`, 130 when interrupted.
+written after all; the result is printed first) or ``verify`` finds damage, 2 for a usage
+error or any :class:`~syntra.errors.SyntraError`, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from syntra.errors import SyntraError
 if TYPE_CHECKING:
     from syntra.demo import DemoResult
     from syntra.simulate import SimulationResult
+    from syntra.verify import Problem, VerifyReport
 
 # Runs shorter than this finish before a progress bar would tell the user anything.
 PROGRESS_MIN_ROUNDS = 20_000
@@ -53,7 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_command in (_add_simulate, _add_demo):
+    for add_command in (_add_simulate, _add_demo, _add_logs, _add_verify):
         add_command(subparsers)
     return parser
 
@@ -183,6 +184,11 @@ def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                         help=f"decisions per context (default {DEFAULT_ROUNDS})")
+    parser.add_argument("--data", default="syntra-data/demo", metavar="DIR",
+                        help="the demo's durable store, recreated on every run and then "
+                        "verified (default syntra-data/demo)")
+    parser.add_argument("--memory", action="store_true",
+                        help="keep everything in memory instead of a durable store")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(run=_run_demo, parser=parser)
 
@@ -191,14 +197,24 @@ def _run_demo(args: argparse.Namespace) -> int:
     from syntra.demo import run_demo
     from syntra.simulate import InvalidSimulation
 
+    data = None if args.memory else args.data
     try:
-        result = run_demo(seed=args.seed, rounds=args.rounds)
+        result = run_demo(seed=args.seed, rounds=args.rounds, data=data)
     except InvalidSimulation as error:
         args.parser.error(str(error))
-    if args.json:
-        print(json.dumps(result.to_dict(), allow_nan=False))
-    else:
-        print(_format_demo(result))
+    report = result.to_dict()
+    lines = [_format_demo(result)]
+    if data is not None:
+        from syntra.verify import verify_store
+
+        proof = verify_store(data)
+        report["store"] = {"path": str(data), "verified": proof.ok}
+        lines += ["", f"store {data}: {_format_verify(proof)}",
+                  f"inspect it with: syntra verify {data}; syntra logs export {data} --out decisions.parquet"]
+        if not proof.ok:
+            print("\n".join(lines) if not args.json else json.dumps(report), file=sys.stderr)
+            return 1
+    print(json.dumps(report, allow_nan=False) if args.json else "\n".join(lines))
     return 0
 
 
@@ -229,6 +245,146 @@ def _format_demo(result: DemoResult) -> str:
     return "\n".join(lines)
 
 
+# --- logs --------------------------------------------------------------------------------
+
+
+# syntra.store.logs.LOG_KINDS, repeated so that building the parser does not import pyarrow.
+LOG_KINDS = ("decisions", "feedback", "audit")
+
+
+def _add_logs(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "logs",
+        help="work with a store's Arrow logs of decisions, feedback and audit events",
+        description="Work with the Arrow IPC logs of a store: one file per sealed WAL segment "
+        "under DIR/logs/, plus the live segment's records read from the WAL.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    export = actions.add_parser(
+        "export",
+        help="write one log to an Arrow IPC or Parquet file",
+        description="Write one log of the store in DIR, sealed segments and live tail alike, to "
+        "a single Arrow IPC file or Parquet file (chosen by the extension of --out).",
+    )
+    export.add_argument("store", metavar="DIR",
+                        help="the store directory (the path given to Engine.open)")
+    export.add_argument("--kind", choices=LOG_KINDS, default="decisions",
+                        help="which log (default decisions)")
+    export.add_argument("--since", type=_sequence, metavar="SEQ",
+                        help="only rows whose WAL sequence is greater than SEQ")
+    export.add_argument("--out", required=True, type=_export_path, metavar="PATH",
+                        help="output file: PATH.arrow (Arrow IPC file) or PATH.parquet")
+    export.set_defaults(run=_run_logs_export, parser=export)
+
+
+def _run_logs_export(args: argparse.Namespace) -> int:
+    from syntra.store.logs import export_log
+
+    try:
+        result = export_log(args.store, args.out, kind=args.kind, since=args.since)
+    except OSError as error:
+        print(f"syntra logs export: error: cannot write {args.out}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
+    span = (f" (WAL sequences {result.first_sequence}-{result.last_sequence})"
+            if result.rows else "")
+    print(f"wrote {result.rows:,} {result.kind} rows{span} to {result.path} as {result.format}")
+    return 0
+
+
+def _export_path(text: str) -> str:
+    from syntra.store.logs import export_format
+
+    try:
+        export_format(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _sequence(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a WAL sequence (an integer >= 0)")
+    return value
+
+
+# --- verify ------------------------------------------------------------------------------
+
+
+def _add_verify(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="check a store: WAL chain, checkpoints and a full replay",
+        description="Check the store in DIR without changing it: recompute the WAL's hash "
+        "chain, check every checkpoint (digest, signature with --public-key, head digest "
+        "against the log) and replay the whole log, re-deriving every decision. Prints OK "
+        "with counts and exits 0, or prints the first damage exactly and exits 1.",
+    )
+    parser.add_argument("store", metavar="DIR",
+                        help="the store directory (the path given to Engine.open)")
+    parser.add_argument("--public-key", metavar="PEM",
+                        help="ed25519 public key (PEM file): every checkpoint must be signed by it")
+    parser.set_defaults(run=_run_verify, parser=parser)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from syntra.verify import verify_store
+
+    report = verify_store(args.store, public_key=args.public_key)
+    print(_format_verify(report))
+    return 0 if report.ok else 1
+
+
+def _format_verify(report: VerifyReport) -> str:
+    if not report.ok:
+        count = len(report.problems)
+        lines = [f"FAILED: {count} problem{'s' if count > 1 else ''} in {report.path}"]
+        for problem in report.problems:
+            lines += _format_problem(problem)
+        return "\n".join(lines + [f"note: {note}" for note in report.notes])
+    if report.replayed_from == 0:
+        origin = "from the start of the log"
+    else:
+        origin = f"after the checkpoint at sequence {report.replayed_from:,}"
+    if not report.checkpoints:
+        checkpoints = "none"
+    elif report.signatures_checked:
+        checkpoints = "digests and signatures valid, heads and states match the log"
+    else:
+        checkpoints = ("digests valid (signatures not checked: no --public-key), heads and "
+                       "states match the log")
+    lines = [
+        f"OK: {_count(report.segments, 'segment')}, {_count(report.records, 'record')}, "
+        f"{_count(report.decisions, 'decision')}, {report.feedback:,} feedback, "
+        f"{_count(report.checkpoints, 'checkpoint')} verified",
+        f"chain: sequences {report.first_sequence:,}-{report.last_sequence:,} "
+        f"({report.audit:,} audit records)",
+        f"checkpoints: {checkpoints}",
+        f"replay: {_count(report.replayed, 'record')} {origin}, every decision re-derived",
+    ]
+    return "\n".join(lines + [f"note: {note}" for note in report.notes])
+
+
+def _format_problem(problem: Problem) -> list[str]:
+    title = {"wal": "WAL damaged", "checkpoint": "bad checkpoint",
+             "replay": "replay diverged"}[problem.area]
+    lines = [f"{title}: {problem.message}"]
+    fields = [
+        ("checkpoint", problem.checkpoint),
+        ("segment", problem.segment),
+        ("offset", problem.offset),
+        ("sequence", problem.sequence),
+        ("expected", problem.expected.hex() if problem.expected is not None else None),
+        ("actual", problem.actual.hex() if problem.actual is not None else None),
+    ]
+    lines += [f"  {name:<10}  {value}" for name, value in fields if value is not None]
+    return lines
+
+
 # --- shared ------------------------------------------------------------------------------
 
 
@@ -241,6 +397,10 @@ def _table(headers: list[str], rows: list[list[str]], align: str) -> str:
         return "  ".join(padded).rstrip()
 
     return "\n".join(line(row) for row in [headers, *rows])
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _names(text: str) -> list[str]:

@@ -17,7 +17,10 @@ True
 
 from __future__ import annotations
 
+import shutil
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from syntra.engine import Engine
@@ -196,18 +199,45 @@ class DemoResult:
         }
 
 
-def run_demo(seed: int = 0, rounds: int = DEFAULT_ROUNDS) -> DemoResult:
-    """Drive ``rounds`` decisions per context through every scenario; same seed, same result."""
+def run_demo(seed: int = 0, rounds: int = DEFAULT_ROUNDS, data: str | Path | None = None) -> DemoResult:
+    """Drive ``rounds`` decisions per context through every scenario; same seed, same result.
+
+    With ``data``, the engine is durable and lives in that directory, which the demo owns:
+    it is recreated on every run, and left behind for ``syntra verify`` and
+    ``syntra logs export``. Without it, everything stays in memory. Each scenario's traffic
+    comes from its own thread, so a durable run exercises group commit, while every
+    capsule still sees its calls in a fixed order.
+    """
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 1 <= rounds <= MAX_ROUNDS:
         raise InvalidSimulation(f"rounds must be an integer in 1..{MAX_ROUNDS:_}, got {rounds!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
         raise InvalidSimulation(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    engine = Engine.memory(seed=seed)
-    outcomes = tuple(
-        _run_scenario(engine, scenario, RandomStream(seed, sequence=WORLD_SEQUENCE + index), rounds)
-        for index, scenario in enumerate(SCENARIOS)
-    )
-    return DemoResult(seed=seed, rounds=rounds, scenarios=outcomes)
+    if data is None:
+        engine = Engine.memory(seed=seed)
+    else:
+        shutil.rmtree(data, ignore_errors=True)
+        engine = Engine.open(data, seed=seed)
+    try:
+        outcomes: list[ScenarioOutcome | None] = [None] * len(SCENARIOS)
+        failures: list[BaseException] = []
+
+        def drive(index: int) -> None:
+            try:
+                world = RandomStream(seed, sequence=WORLD_SEQUENCE + index)
+                outcomes[index] = _run_scenario(engine, SCENARIOS[index], world, rounds)
+            except BaseException as exc:  # re-raised in the caller's thread below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=drive, args=(i,)) for i in range(len(SCENARIOS))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+    finally:
+        engine.close()
+    return DemoResult(seed=seed, rounds=rounds, scenarios=tuple(outcomes))
 
 
 def _run_scenario(engine: Engine, scenario: Scenario, world: RandomStream,

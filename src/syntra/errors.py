@@ -61,3 +61,11 @@ class DuplicateFeedback(SyntraError):
 
 class InvalidReward(SyntraError, ValueError):
     """A reward is not finite, or not allowed by the capsule's reward spec."""
+
+
+class StorageError(SyntraError):
+    """The durable store failed (I/O error, disk full). The engine refuses further work."""
+
+
+class StorageCorrupt(StorageError):
+    """The store on disk is damaged or inconsistent; opening it fails closed."""

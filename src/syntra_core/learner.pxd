@@ -9,6 +9,7 @@ ctypedef struct LedgerEntry:
     int32_t row          # context row in the ArmTable
     int16_t arm
     uint8_t state        # ENTRY_PENDING or ENTRY_DONE
+    uint8_t reserved     # the struct's padding byte, kept 0 so exported state is deterministic
     double propensity
 
 
@@ -40,8 +41,8 @@ cdef class Learner:
     cdef readonly uint64_t seed
     cdef readonly uint64_t next_sequence
     cdef readonly Py_ssize_t pending
-    cdef str tag
-    cdef char tag_ascii[8]
+    cdef readonly str tag
+    cdef char tag_ascii[16]
     # Ledger window: entries[head + i] is the decision with sequence base_sequence + i.
     cdef LedgerEntry* entries
     cdef Py_ssize_t head

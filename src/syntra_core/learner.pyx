@@ -2,9 +2,10 @@
 
 A :class:`Learner` owns a rule (which reads an :class:`~syntra_core.bandits.ArmTable`) and
 the ledger of every decision it has made. Decision ids are
-``"<sequence: 16 hex digits>-<capsule tag: 8 hex digits>"``: the sequence locates the
-decision in the ledger without a hash lookup, and the tag makes an id from another capsule
-(or from an earlier install of this one) unknown here instead of silently applied.
+``"<sequence: 16 hex digits>-<capsule tag: 16 hex digits>"``: the sequence locates the
+decision in the ledger without a hash lookup, and the tag (derived from the engine's random
+nonce, the capsule name and its install count) makes an id from another engine, another
+capsule or an earlier install of this one unknown here instead of silently applied.
 
 The ledger keeps a dense window of entries from the oldest pending decision on. A decision
 below the window, or inside it and marked done, has had its feedback; one at or above
@@ -15,9 +16,9 @@ Example:
 
 >>> from syntra_core.bandits import ArmTable, BetaThompson
 >>> from syntra_core.learner import Learner, FeedbackStatus
->>> learner = Learner("demo", ("a", "b"), BetaThompson(ArmTable(2)), seed=7, tag="0badcafe")
+>>> learner = Learner("demo", ("a", "b"), BetaThompson(ArmTable(2)), seed=7, tag="0badcafe0badcafe")
 >>> d = learner.decide("eu")
->>> d.option in ("a", "b") and d.decision_id.endswith("-0badcafe")
+>>> d.option in ("a", "b") and d.decision_id.endswith("-0badcafe0badcafe")
 True
 >>> learner.feedback(d.decision_id, 1.0) == FeedbackStatus.FEEDBACK_OK
 True
@@ -28,7 +29,7 @@ True
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint64_t
-from libc.string cimport memmove
+from libc.string cimport memcpy, memmove
 
 from syntra_core.bandits cimport ArmTable, Rule, UpdateStatus
 from syntra_core.rng cimport Stream, stream_init
@@ -36,7 +37,8 @@ from syntra_core.rng cimport Stream, stream_init
 cdef enum:
     ENTRY_PENDING = 0
     ENTRY_DONE = 1
-    ID_LENGTH = 25
+    TAG_LENGTH = 16
+    ID_LENGTH = 33  # 16 hex digits, '-', TAG_LENGTH hex digits
 
 cdef const char* HEX = b"0123456789abcdef"
 
@@ -79,17 +81,18 @@ cdef class Decision:
 cdef class Learner:
     """Decide and learn for one capsule. See the module docs for the id scheme.
 
-    ``options`` names the arms of ``rule.table`` in order. ``tag`` is 8 lowercase hex
+    ``options`` names the arms of ``rule.table`` in order. ``tag`` is 16 lowercase hex
     digits that identify this capsule install inside decision ids. ``first_sequence``
     lets a recovered capsule continue where it stopped.
     """
 
-    def __cinit__(self, str capsule, tuple options, Rule rule, uint64_t seed, str tag,
+    def __cinit__(self, str capsule not None, tuple options not None, Rule rule not None,
+                  uint64_t seed, str tag not None,
                   uint64_t first_sequence=0):
         if len(options) != rule.table.n_arms:
             raise ValueError(f"{len(options)} option names for {rule.table.n_arms} arms")
-        if len(tag) != 8 or any(_hex_value(c) < 0 for c in tag):
-            raise ValueError(f"tag must be 8 lowercase hex digits, got {tag!r}")
+        if len(tag) != TAG_LENGTH or any(_hex_value(c) < 0 for c in tag):
+            raise ValueError(f"tag must be {TAG_LENGTH} lowercase hex digits, got {tag!r}")
         self.capsule = capsule
         self.options = options
         self.rule = rule
@@ -97,7 +100,7 @@ cdef class Learner:
         self.seed = seed
         self.tag = tag
         cdef int i
-        for i in range(8):
+        for i in range(TAG_LENGTH):
             self.tag_ascii[i] = <char>ord(tag[i])
         self.next_sequence = first_sequence
         self.base_sequence = first_sequence
@@ -139,6 +142,7 @@ cdef class Learner:
         entry.row = <int>row
         entry.arm = <short>arm
         entry.state = ENTRY_PENDING
+        entry.reserved = 0
         entry.propensity = propensity
         self.next_sequence += 1
         self.pending += 1
@@ -155,12 +159,18 @@ cdef class Learner:
         d.context_key = context_key
         return d
 
+    def decision_id(self, uint64_t sequence):
+        """The id that decision ``sequence`` of this learner has (or will have)."""
+        cdef char buf[ID_LENGTH]
+        self.format_id(sequence, buf)
+        return PyUnicode_DecodeASCII(buf, ID_LENGTH, NULL)
+
     cdef void format_id(self, uint64_t sequence, char* out) noexcept nogil:
         cdef int i
         for i in range(16):
             out[i] = HEX[(sequence >> (60 - 4 * i)) & 0xF]
         out[16] = 45  # '-'
-        for i in range(8):
+        for i in range(TAG_LENGTH):
             out[17 + i] = self.tag_ascii[i]
 
     cdef uint64_t parse_id(self, str decision_id, bint* ok):
@@ -174,7 +184,7 @@ cdef class Learner:
             if v < 0:
                 return 0
             sequence = (sequence << 4) | <uint64_t>v
-        for i in range(8):
+        for i in range(TAG_LENGTH):
             if <int>decision_id[17 + i] != self.tag_ascii[i]:
                 return sequence  # well formed, but not one of ours
         ok[0] = True
@@ -212,6 +222,64 @@ cdef class Learner:
             self.head += 1
             self.base_sequence += 1
         return FEEDBACK_OK
+
+    def export_state(self):
+        """Everything this learner has learned and decided, exactly; see :meth:`import_state`."""
+        cdef Py_ssize_t used = <Py_ssize_t>(self.next_sequence - self.base_sequence)
+        return {
+            "next_sequence": self.next_sequence,
+            "base_sequence": self.base_sequence,
+            "pending": self.pending,
+            "ledger": (<char*>(self.entries + self.head))[:used * sizeof(LedgerEntry)],
+            "table": self.table.export_state(),
+            "rule": self.rule.export_state(),
+        }
+
+    def import_state(self, state):
+        """Restore :meth:`export_state` output into a learner that has made no decision.
+
+        Everything is checked before anything is loaded, so a refused state leaves the
+        learner fresh.
+        """
+        if self.next_sequence != self.base_sequence or self.table.n_rows:
+            raise ValueError("import_state needs a fresh learner")
+        cdef bytes ledger = bytes(state["ledger"])
+        cdef uint64_t base = state["base_sequence"]
+        cdef uint64_t nxt = state["next_sequence"]
+        if nxt < base or len(ledger) != (nxt - base) * sizeof(LedgerEntry):
+            raise ValueError("learner state: the ledger does not match its sequence range")
+        cdef Py_ssize_t rows = len(state["table"]["contexts"])
+        cdef Py_ssize_t used = <Py_ssize_t>(nxt - base)
+        cdef const LedgerEntry* entries = <const LedgerEntry*><const char*>ledger
+        cdef Py_ssize_t i
+        cdef Py_ssize_t open_entries = 0
+        for i in range(used):
+            if (entries[i].row < 0 or entries[i].row >= rows or entries[i].arm < 0
+                    or entries[i].arm >= self.table.n_arms or entries[i].state > ENTRY_DONE
+                    or entries[i].reserved != 0):
+                raise ValueError(f"learner state: ledger entry {i} is out of range")
+            open_entries += entries[i].state == ENTRY_PENDING
+        if open_entries != state["pending"]:
+            raise ValueError("learner state: pending count does not match the ledger")
+        cdef LedgerEntry* buffer = NULL
+        if used:
+            buffer = <LedgerEntry*>PyMem_Realloc(NULL, used * sizeof(LedgerEntry))
+            if buffer == NULL:
+                raise MemoryError()
+            memcpy(buffer, entries, len(ledger))
+        try:
+            self.table.import_state(state["table"])
+            self.rule.import_state(state["rule"])
+        except BaseException:
+            PyMem_Free(buffer)
+            raise
+        PyMem_Free(self.entries)
+        self.entries = buffer
+        self.capacity = used
+        self.head = 0
+        self.base_sequence = base
+        self.next_sequence = nxt
+        self.pending = open_entries
 
     def is_pending(self, str decision_id):
         """True if ``decision_id`` was decided here and has had no feedback yet."""

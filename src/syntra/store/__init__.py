@@ -1,0 +1,1 @@
+"""Durable storage: the WAL records the engine writes, checkpoints, and recovery."""

@@ -1,0 +1,96 @@
+"""What the engine writes to the write-ahead log, and how each payload is encoded.
+
+Decisions and feedback are fixed binary layouts (little-endian), because one is written per
+call. Installs, uninstalls and other audit events are rare and carry JSON. Every record
+type is listed in ``RecordType``; the WAL itself stores only the number.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from syntra.errors import StorageCorrupt
+
+PROPENSITY_SCALE = 1_000_000_000  # propensities are also logged in parts per billion
+
+
+class RecordType(enum.IntEnum):
+    ENGINE_CREATED = 1       # JSON: format, seed
+    CAPSULE_INSTALLED = 2    # JSON: uid, name, options, reward, algorithm, settings, install, seed, tag
+    CAPSULE_UNINSTALLED = 3  # JSON: uid, name
+    AUDIT = 4                # JSON: kind, capsule, details (events that change no learned state)
+    DECISION = 10            # binary, see DecisionRecord
+    FEEDBACK = 11            # binary, see FeedbackRecord
+
+
+AUDIT_TYPES = frozenset({RecordType.ENGINE_CREATED, RecordType.CAPSULE_INSTALLED,
+                         RecordType.CAPSULE_UNINSTALLED, RecordType.AUDIT})
+
+# u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 propensity, u32 propensity ppb,
+# u16 option index, u16 context key length; then the key in UTF-8.
+_DECISION = struct.Struct("<IQQdIHH")
+# u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 reward.
+_FEEDBACK = struct.Struct("<IQQd")
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    capsule_uid: int
+    sequence: int
+    ts_ns: int
+    propensity: float
+    option_index: int
+    context_key: str
+
+    def encode(self) -> bytes:
+        key = self.context_key.encode()
+        return _DECISION.pack(
+            self.capsule_uid, self.sequence, self.ts_ns, self.propensity,
+            round(self.propensity * PROPENSITY_SCALE), self.option_index, len(key),
+        ) + key
+
+    @classmethod
+    def decode(cls, payload: bytes) -> DecisionRecord:
+        try:
+            uid, sequence, ts_ns, propensity, _, option, key_length = _DECISION.unpack_from(payload)
+            key = payload[_DECISION.size:]
+            if len(key) != key_length:
+                raise ValueError(f"context key is {len(key)} bytes, header says {key_length}")
+            return cls(uid, sequence, ts_ns, propensity, option, key.decode())
+        except (struct.error, ValueError) as exc:
+            raise StorageCorrupt(f"bad decision record: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRecord:
+    capsule_uid: int
+    sequence: int  # the decision's sequence within its capsule
+    ts_ns: int
+    reward: float  # stored as the exact float64 that was applied, so replay is bit-identical
+
+    def encode(self) -> bytes:
+        return _FEEDBACK.pack(self.capsule_uid, self.sequence, self.ts_ns, self.reward)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> FeedbackRecord:
+        if len(payload) != _FEEDBACK.size:
+            raise StorageCorrupt(f"bad feedback record: {len(payload)} bytes, expected {_FEEDBACK.size}")
+        return cls(*_FEEDBACK.unpack(payload))
+
+
+def encode_json(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_json(payload: bytes, rtype: int) -> dict[str, Any]:
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise StorageCorrupt(f"bad {RecordType(rtype).name} record: {exc}") from None
+    if not isinstance(body, dict):
+        raise StorageCorrupt(f"bad {RecordType(rtype).name} record: not a JSON object")
+    return body
