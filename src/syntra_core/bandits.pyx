@@ -421,6 +421,14 @@ cdef class BetaThompson(Rule):
         return self.refreshed_at[row]
 
 
+cdef inline double _ucb_score(const ArmStats* arm, double low, double width, double log_total,
+                              double exploration) noexcept nogil:
+    """Mean reward scaled to [0, 1] plus the confidence bonus; +inf for an unplayed arm."""
+    if arm.pulls == 0:
+        return INFINITY
+    return ((arm.reward_sum / arm.pulls) - low) / width + exploration * sqrt(2.0 * log_total / arm.pulls)
+
+
 cdef class UCB1(Rule):
     """UCB1 on rewards scaled to [0, 1]; ``exploration`` scales the confidence bonus."""
 
@@ -440,11 +448,7 @@ cdef class UCB1(Rule):
         cdef int k, ties = 0, chosen = 0, pick
         # Two passes: find the best score and count ties, then pick one tie uniformly.
         for k in range(n):
-            if s[k].pulls == 0:
-                score = INFINITY
-            else:
-                score = ((s[k].reward_sum / s[k].pulls) - low) / width \
-                    + self.exploration * sqrt(2.0 * log_total / s[k].pulls)
+            score = _ucb_score(&s[k], low, width, log_total, self.exploration)
             if score > best_score:
                 best_score = score
                 ties = 1
@@ -452,11 +456,7 @@ cdef class UCB1(Rule):
                 ties += 1
         pick = <int>next_below(st, <uint64_t>ties) if ties > 1 else 0
         for k in range(n):
-            if s[k].pulls == 0:
-                score = INFINITY
-            else:
-                score = ((s[k].reward_sum / s[k].pulls) - low) / width \
-                    + self.exploration * sqrt(2.0 * log_total / s[k].pulls)
+            score = _ucb_score(&s[k], low, width, log_total, self.exploration)
             if score == best_score:
                 if pick == 0:
                     chosen = k
