@@ -318,3 +318,174 @@ def test_a_failing_disk_fails_closed(tmp_path, monkeypatch):
     with Engine.open(tmp_path / "db", **FAST) as again:
         # The refused decision was written but never confirmed: it may or may not be there.
         assert again.capsule(NAME).decisions in (1, 2)
+
+
+def test_uninstall_while_other_threads_decide_keeps_the_store_openable(tmp_path):
+    import threading
+
+    for attempt in range(5):
+        path = tmp_path / f"db{attempt}"
+        eng = Engine.open(path, **FAST)
+        cap = eng.install(NAME, options=OPTIONS)
+        stop = threading.Event()
+
+        def hammer():
+            while not stop.is_set():
+                try:
+                    d = cap.decide("k")
+                    cap.feedback(d.decision_id, 1.0)
+                except UnknownCapsule:
+                    return
+
+        threads = [threading.Thread(target=hammer) for _ in range(4)]
+        for t in threads:
+            t.start()
+        eng.uninstall(NAME)
+        stop.set()
+        for t in threads:
+            t.join()
+        digest = eng.state_digest()
+        eng.close(checkpoint=False)
+        with Engine.open(path, **FAST) as again:
+            assert again.state_digest() == digest
+            assert NAME not in again
+
+
+def test_replay_refuses_a_gap_after_a_fallback_checkpoint(tmp_path):
+    path = tmp_path / "db"
+    eng = Engine.open(path, segment_bytes=4096, checkpoint_every=10**9, **FAST)
+    install_both(eng)
+    drive(eng, 100)
+    older = eng.checkpoint()
+    drive(eng, 300, seed=1)
+    newer = eng.checkpoint()
+    eng.close(checkpoint=False)
+    older_sequence = int(older.name.split("-")[1].split(".")[0])
+    # The newest checkpoint is torn, and the segments just after the older one are gone:
+    # replaying from the older checkpoint would silently skip records.
+    newer.write_bytes(newer.read_bytes()[:100])
+    from syntra_core.wal import scan
+
+    segments = sorted((path / "wal").glob("*.seg"))
+    last_of = {}
+    for record in scan(path / "wal"):
+        last_of[record.segment] = record.sequence
+    for segment in segments:
+        if last_of[str(segment)] <= older_sequence + 30:
+            segment.unlink()
+    with pytest.raises(StorageCorrupt, match="missing"):
+        Engine.open(path, **FAST)
+
+
+def test_concurrent_checkpoints_are_serialized(tmp_path):
+    import threading
+
+    with Engine.open(tmp_path / "db", checkpoint_every=25, **FAST) as eng:
+        install_both(eng)
+        errors = []
+        seen = []
+
+        def checkpoints():
+            try:
+                for _ in range(15):
+                    eng.checkpoint()
+                    seen.append(eng._store.last_checkpoint_sequence)
+            except Exception as exc:  # reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=checkpoints) for _ in range(3)]
+        for t in workers:
+            t.start()
+        drive(eng, 300)
+        for t in workers:
+            t.join()
+        assert not errors
+        digest = eng.state_digest()
+    with Engine.open(tmp_path / "db", **FAST) as again:
+        assert again.state_digest() == digest
+
+
+def test_a_store_open_twice_is_refused(tmp_path):
+    with Engine.open(tmp_path / "db", **FAST):
+        with pytest.raises(StorageError, match="cannot open store"):
+            Engine.open(tmp_path / "db", **FAST)
+
+
+def test_asyncio_callers_await_durability(tmp_path):
+    import asyncio
+
+    async def traffic(eng):
+        cap = eng.capsule(NAME)
+        decisions = await asyncio.gather(*(cap.decide_async(f"c{i % 3}") for i in range(200)))
+        await asyncio.gather(*(cap.feedback_async(d.decision_id, 1.0) for d in decisions[::2]))
+        return decisions
+
+    with Engine.open(tmp_path / "db", **FAST) as eng:
+        eng.install(NAME, options=OPTIONS)
+        decisions = asyncio.run(traffic(eng))
+        assert len({d.decision_id for d in decisions}) == 200
+        digest = eng.state_digest()
+    with Engine.open(tmp_path / "db", **FAST) as again:
+        assert again.state_digest() == digest
+        cap = again.capsule(NAME)
+        assert cap.pending == 100
+        with pytest.raises(DuplicateFeedback):
+            cap.feedback(decisions[0].decision_id, 1.0)
+
+
+def test_memory_capsules_offer_the_async_api_too():
+    import asyncio
+
+    cap = Engine.memory().install(NAME, options=OPTIONS)
+
+    async def one():
+        d = await cap.decide_async("k")
+        await cap.feedback_async(d.decision_id, 0.0)
+
+    asyncio.run(one())
+    assert cap.pending == 0 and cap.decisions == 1
+
+
+def test_checkpoint_names_must_match_their_contents(tmp_path):
+    _two_checkpoints(tmp_path / "db")
+    first, second = _checkpoints(tmp_path / "db")
+    swap = first.with_name("swap")
+    first.rename(swap)
+    second.rename(first)
+    swap.rename(second)
+    with pytest.raises(StorageCorrupt, match="name says"):
+        Engine.open(tmp_path / "db", **FAST)
+
+
+def test_an_empty_checkpoint_file_is_reported_as_truncated(tmp_path):
+    _two_checkpoints(tmp_path / "db")
+    for path in _checkpoints(tmp_path / "db"):
+        path.write_bytes(b"")
+    with pytest.raises(StorageCorrupt, match="truncated"):
+        Engine.open(tmp_path / "db", **FAST)
+
+
+def test_an_unwritable_checkpoint_directory_is_a_storage_error(tmp_path):
+    eng = Engine.open(tmp_path / "db", **FAST)
+    eng.install(NAME, options=OPTIONS)
+    shutil.rmtree(tmp_path / "db" / "checkpoints", ignore_errors=True)
+    (tmp_path / "db" / "checkpoints").write_bytes(b"not a directory")
+    with pytest.raises(StorageError, match="checkpoint"):
+        eng.checkpoint()
+    eng.close(checkpoint=False)
+
+
+def test_bad_store_option_types_are_config_errors(tmp_path):
+    with pytest.raises(InvalidConfig):
+        Engine.open(tmp_path / "db", segment_bytes="x")
+    with pytest.raises(InvalidConfig, match="bogus"):
+        Engine.open(tmp_path / "db", bogus=1)
+
+
+def test_the_option_list_matches_the_store_constructor():
+    import inspect
+
+    from syntra.store.durable import DurableStore
+
+    parameters = set(inspect.signature(DurableStore.__init__).parameters) - {"self", "path"}
+    assert parameters == DurableStore.OPTIONS

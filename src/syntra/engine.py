@@ -30,6 +30,7 @@ the same calls give the same options and propensities, not the same ids.
 
 from __future__ import annotations
 
+import numbers
 import os
 import threading
 import time
@@ -205,14 +206,8 @@ def _check_context(context_key: object) -> None:
 
 def _check_reward(reward: object) -> float:
     """The reward as a float, refusing bools, non-numbers and values too large for float64."""
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)):
-        try:
-            import numbers
-
-            if isinstance(reward, bool) or not isinstance(reward, numbers.Real):
-                raise TypeError
-        except TypeError:
-            raise InvalidReward(f"reward must be a number, got {type(reward).__name__}") from None
+    if isinstance(reward, bool) or not isinstance(reward, numbers.Real):
+        raise InvalidReward(f"reward must be a number, got {type(reward).__name__}")
     try:
         return float(reward)
     except OverflowError:
@@ -234,7 +229,8 @@ class _Uninstalled:
     def feedback(self, decision_id, reward):
         raise UnknownCapsule(self.name)
 
-    is_pending = feedback
+    def is_pending(self, decision_id):
+        return False
 
 
 class Capsule:
@@ -273,6 +269,15 @@ class Capsule:
     def feedback(self, decision_id: str, reward: float) -> None:
         """Report the reward of a decision. Applied exactly once; errors change nothing."""
         self._apply_feedback(decision_id, reward)
+
+    async def decide_async(self, context_key: str = "") -> Decision:
+        """:meth:`decide` for asyncio callers: a durable capsule awaits its sync without
+        blocking the event loop."""
+        return self.decide(context_key)
+
+    async def feedback_async(self, decision_id: str, reward: float) -> None:
+        """:meth:`feedback` for asyncio callers."""
+        self.feedback(decision_id, reward)
 
     def _apply_feedback(self, decision_id: str, reward: float) -> float:
         if type(decision_id) is not str:
@@ -361,7 +366,7 @@ class DurableCapsule(Capsule):
         self._store = store
         self._lock = threading.Lock()
 
-    def decide(self, context_key: str = "") -> Decision:
+    def _submit_decision(self, context_key: str):
         _check_context(context_key)
         with self._lock:
             self._store.check()
@@ -369,18 +374,32 @@ class DurableCapsule(Capsule):
             ticket = self._store.submit(RecordType.DECISION, DecisionRecord(
                 self.uid, d.sequence, time.time_ns(), d.propensity, d.option_index, context_key,
             ).encode())
-        self._store.wait(ticket)
-        return d
+        return d, ticket
 
-    def feedback(self, decision_id: str, reward: float) -> None:
+    def _submit_feedback(self, decision_id: str, reward: float):
         with self._lock:
             self._store.check()
             reward = self._apply_feedback(decision_id, reward)
             # Applied: the id is well formed, and its first 16 hex digits are the sequence.
-            ticket = self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
+            return self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
                 self.uid, int(decision_id[:16], 16), time.time_ns(), reward,
             ).encode())
+
+    def decide(self, context_key: str = "") -> Decision:
+        d, ticket = self._submit_decision(context_key)
         self._store.wait(ticket)
+        return d
+
+    def feedback(self, decision_id: str, reward: float) -> None:
+        self._store.wait(self._submit_feedback(decision_id, reward))
+
+    async def decide_async(self, context_key: str = "") -> Decision:
+        d, ticket = self._submit_decision(context_key)
+        await self._store.wait_async(ticket)
+        return d
+
+    async def feedback_async(self, decision_id: str, reward: float) -> None:
+        await self._store.wait_async(self._submit_feedback(decision_id, reward))
 
 
 class Engine:
@@ -424,6 +443,9 @@ class Engine:
         from syntra.store.durable import DurableStore
         from syntra.store.logs import SegmentLogWriter
 
+        unknown = set(store_options) - DurableStore.OPTIONS
+        if unknown:
+            raise InvalidConfig(f"unknown store options {sorted(unknown)}; allowed: {sorted(DurableStore.OPTIONS)}")
         store = DurableStore(path, **store_options)
         try:
             engine = cls._recover(store, seed)
@@ -456,8 +478,15 @@ class Engine:
             engine = cls(seed=identity["seed"], _store=store, _nonce=bytes.fromhex(identity["nonce"]))
         if checkpoint is not None:
             engine._load_checkpoint(checkpoint)
-        for record in store.wal.read(from_sequence=store.last_checkpoint_sequence + 1):
+        expected = store.last_checkpoint_sequence + 1
+        for record in store.wal.read(from_sequence=expected):
+            if record.sequence != expected:
+                raise StorageCorrupt(
+                    f"WAL records {expected}-{record.sequence - 1} are missing: the log after the"
+                    f" checkpoint at {expected - 1} does not continue where it ends"
+                )
             engine._replay(record)
+            expected += 1
         return engine
 
     def _load_checkpoint(self, checkpoint) -> None:
@@ -588,12 +617,18 @@ class Engine:
         """Remove a capsule and everything it learned."""
         with self._lock:
             capsule = self.capsule(name)
-            if self._store:
+            if not self._store:
+                del self._capsules[name], self._by_uid[capsule.uid]
+                capsule._retire()
+                return
+            # The capsule's lock too, so no decision or feedback of it lands in the log after
+            # the uninstall record (replay would not know the capsule any more).
+            with capsule._lock:
                 self._store.check()
                 self._store.record(RecordType.CAPSULE_UNINSTALLED, encode_json(
                     {"uid": capsule.uid, "name": capsule.name, "ts_ns": time.time_ns()}))
-            del self._capsules[name], self._by_uid[capsule.uid]
-            capsule._retire()
+                del self._capsules[name], self._by_uid[capsule.uid]
+                capsule._retire()
 
     def __contains__(self, name: object) -> bool:
         return name in self._capsules
@@ -615,21 +650,22 @@ class Engine:
         """Write a checkpoint now (durable engines only); returns its path."""
         if self._store is None:
             raise InvalidConfig("an in-memory engine has no checkpoints")
-        with self._lock:
-            locks = [c._lock for c in self.capsules()]
-            for lock in locks:
-                lock.acquire()
-            try:
-                # Every change so far was applied before it was submitted; once the WAL is
-                # flushed, its head is exactly the state we export.
-                self._store.wal.flush()
-                sequence = self._store.wal.durable_sequence
-                head = self._store.wal.head_digest
-                engine, capsules = self._snapshot()
-            finally:
+        with self._store.checkpoint_lock:
+            with self._lock:
+                locks = [c._lock for c in self.capsules()]
                 for lock in locks:
-                    lock.release()
-        return self._store.write_checkpoint(sequence, head, engine, capsules)
+                    lock.acquire()
+                try:
+                    # Every change so far was applied before it was submitted; once the WAL
+                    # is flushed, its head is exactly the state we export.
+                    self._store.wal.flush()
+                    sequence = self._store.wal.durable_sequence
+                    head = self._store.wal.head_digest
+                    engine, capsules = self._snapshot()
+                finally:
+                    for lock in locks:
+                        lock.release()
+            return self._store.write_checkpoint(sequence, head, engine, capsules)
 
     def state_digest(self) -> bytes:
         """BLAKE3 of the whole learned state: equal digests mean bit-identical state."""

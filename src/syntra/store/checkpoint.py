@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from syntra.errors import InvalidConfig, StorageCorrupt
+from syntra.store.files import fsync_directory, make_directory
 from syntra.store.state import PREFIX, decode_state, encode_state
 
 log = logging.getLogger("syntra.store")
@@ -94,14 +95,6 @@ def _read_key_source(source: object, field: str) -> bytes:
     raise InvalidConfig(f"{field} must be a key, PEM bytes or a path, got {type(source).__name__}")
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(directory: Path, *, wal_sequence: int, head_digest: bytes,
                      engine: dict[str, Any], capsules: list[dict[str, Any]],
                      signing_key: Ed25519PrivateKey | None = None) -> Path:
@@ -114,7 +107,7 @@ def write_checkpoint(directory: Path, *, wal_sequence: int, head_digest: bytes,
     signature = signing_key.sign(digest) if signing_key is not None else b""
     data = body + digest + _SIG_LEN.pack(len(signature)) + signature
 
-    directory.mkdir(parents=True, exist_ok=True)
+    make_directory(directory)
     final = directory / f"ckpt-{wal_sequence:020d}{SUFFIX}"
     tmp = final.with_name(final.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -126,7 +119,7 @@ def write_checkpoint(directory: Path, *, wal_sequence: int, head_digest: bytes,
     finally:
         os.close(fd)
     os.replace(tmp, final)
-    _fsync_directory(directory)
+    fsync_directory(directory)
     return final
 
 
@@ -137,6 +130,8 @@ def read_checkpoint(path: Path, verify_key: Ed25519PublicKey | None = None) -> C
     except OSError as exc:
         raise StorageCorrupt(f"checkpoint {path.name}: cannot read: {exc.strerror}") from None
     try:
+        if len(data) < len(MAGIC) + PREFIX.size + DIGEST_SIZE + _SIG_LEN.size:
+            raise ValueError(f"truncated ({len(data)} bytes)")
         magic = data[:len(MAGIC)]
         version, _, header_len = PREFIX.unpack_from(data, len(MAGIC))
         if magic != MAGIC:
@@ -154,6 +149,9 @@ def read_checkpoint(path: Path, verify_key: Ed25519PublicKey | None = None) -> C
                 raise ValueError("unsigned, but a verification key is configured")
             verify_key.verify(signature, digest)
         state = decode_state(data[len(MAGIC):body_end])
+        named = sequence_of(path)
+        if named is not None and named != int(state["wal_sequence"]):
+            raise ValueError(f"holds WAL sequence {state['wal_sequence']}, but its name says {named}")
         return Checkpoint(
             path=path,
             wal_sequence=int(state["wal_sequence"]),
@@ -180,6 +178,13 @@ def _find_body_end(data: bytes, blobs_start: int) -> int:
     raise ValueError("digest mismatch: the file is torn or damaged")
 
 
+def sequence_of(path: Path) -> int | None:
+    """The WAL sequence a checkpoint file's name says it covers (None if not so named)."""
+    stem = path.name.removesuffix(SUFFIX)
+    prefix, _, digits = stem.partition("-")
+    return int(digits) if prefix == "ckpt" and digits.isdigit() else None
+
+
 def list_checkpoints(directory: Path) -> list[Path]:
     """Checkpoint files, newest first (temporary files are ignored)."""
     if not directory.is_dir():
@@ -203,7 +208,8 @@ def load_latest(directory: Path, verify_key: Ed25519PublicKey | None = None) -> 
     if problems:
         raise StorageCorrupt(
             "no valid checkpoint: " + "; ".join(problems)
-            + ". Move the damaged files away to force a full replay from the first WAL segment."
+            + ". If they are damaged (not merely unsigned or signed by another key), moving them"
+            " away forces a full replay from the first WAL segment."
         )
     return None
 
@@ -215,5 +221,5 @@ def prune(directory: Path, keep: int) -> list[Path]:
         path.unlink(missing_ok=True)
         removed.append(path)
     if removed:
-        _fsync_directory(directory)
+        fsync_directory(directory)
     return removed

@@ -22,6 +22,7 @@ from typing import Any
 
 from syntra.errors import InvalidConfig, StorageCorrupt, StorageError
 from syntra.store import checkpoint as ckpt
+from syntra.store.files import make_directory
 from syntra_core.wal import Wal, WalCorrupt, WalError
 
 log = logging.getLogger("syntra.store")
@@ -31,6 +32,11 @@ RETENTION_POLICIES = ("keep", "delete", "archive")
 
 class DurableStore:
     """Owns the WAL and the checkpoint files of one engine directory."""
+
+    OPTIONS = frozenset({
+        "durability", "commit_window_us", "segment_bytes", "checkpoint_every", "checkpoint_interval",
+        "keep_checkpoints", "retention", "archive_dir", "signing_key", "verify_key",
+    })
 
     def __init__(
         self,
@@ -70,33 +76,39 @@ class DurableStore:
         # Called with each SegmentInfo once the WAL seals it (the Arrow logs hook in here).
         self.seal_handlers: list[Callable[[Any], None]] = []
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_directory(self.path)
             self.wal = Wal.open(
                 self.path / "wal", durability=durability, commit_window_us=commit_window_us,
                 segment_bytes=segment_bytes, on_seal=self._sealed,
             )
         except WalCorrupt as exc:
             raise StorageCorrupt(f"WAL damaged: {exc}") from None
+        except WalError as exc:  # e.g. the store is already open in another engine
+            raise StorageError(f"cannot open store {str(self.path)!r}: {exc}") from None
         except OSError as exc:
             raise StorageError(f"cannot open store {str(self.path)!r}: {exc}") from None
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise InvalidConfig(str(exc)) from None
         self.last_checkpoint_sequence = 0
-        # Last sequence of the newest segment whose seal handlers ran; segments sealed before
-        # this open are caught up by the engine before any checkpoint can retain them.
-        self.handled_through = max((s.last_sequence for s in self.wal.segments if s.sealed), default=0)
+        # The WAL sequence through which every sealed segment has its Arrow logs. Retention
+        # never deletes a segment above it; the engine sets it after catching the logs up.
+        self.handled_through = 0
+        # One checkpoint at a time: background, explicit and close-time ones may race.
+        self.checkpoint_lock = threading.Lock()
         self.failure: BaseException | None = None
         self._wake = threading.Event()
         self._closed = False
         self._thread: threading.Thread | None = None
 
     def _sealed(self, segment) -> None:
-        for handler in list(self.seal_handlers):
-            try:
+        try:
+            for handler in list(self.seal_handlers):
                 handler(segment)
-            except Exception:  # the WAL is the record of truth; derived logs can be rebuilt
-                log.exception("seal handler failed for segment %s", segment.number)
-        self.handled_through = segment.last_sequence
+        except Exception:  # the WAL is the record of truth; the next open catches up
+            log.exception("seal handler failed for segment %s", segment.number)
+            return
+        if segment.first_sequence <= self.handled_through + 1:
+            self.handled_through = max(self.handled_through, segment.last_sequence)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -120,6 +132,13 @@ class DurableStore:
     def wait(self, ticket) -> None:
         try:
             ticket.wait()
+        except WalError as exc:
+            self.failure = exc
+            raise StorageError(f"WAL sync failed, nothing acknowledged: {exc}") from None
+
+    async def wait_async(self, ticket) -> None:
+        try:
+            await ticket.wait_async()
         except WalError as exc:
             self.failure = exc
             raise StorageError(f"WAL sync failed, nothing acknowledged: {exc}") from None
@@ -153,15 +172,19 @@ class DurableStore:
         return latest
 
     def write_checkpoint(self, sequence: int, head_digest: bytes, engine: dict, capsules: list) -> Path:
-        path = ckpt.write_checkpoint(
-            self.checkpoint_dir, wal_sequence=sequence, head_digest=head_digest,
-            engine=engine, capsules=capsules, signing_key=self.signing_key,
-        )
-        self.last_checkpoint_sequence = sequence
-        ckpt.prune(self.checkpoint_dir, self.keep_checkpoints)
+        """Write, prune and apply retention; the caller holds ``checkpoint_lock``."""
+        try:
+            path = ckpt.write_checkpoint(
+                self.checkpoint_dir, wal_sequence=sequence, head_digest=head_digest,
+                engine=engine, capsules=capsules, signing_key=self.signing_key,
+            )
+            ckpt.prune(self.checkpoint_dir, self.keep_checkpoints)
+        except OSError as exc:
+            raise StorageError(f"cannot write a checkpoint in {str(self.checkpoint_dir)!r}: {exc}") from None
+        self.last_checkpoint_sequence = max(self.last_checkpoint_sequence, sequence)
         if self.retention != "keep":
             kept = ckpt.list_checkpoints(self.checkpoint_dir)
-            oldest = int(kept[-1].name.split("-")[1].split(".")[0])
+            oldest = ckpt.sequence_of(kept[-1])
             # Keep every segment the oldest kept checkpoint still needs for a fallback, and
             # every segment whose Arrow logs the seal handlers have not written yet.
             self.wal.retain(min(oldest, self.handled_through) + 1, archive_dir=self.archive_dir)
