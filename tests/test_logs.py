@@ -17,15 +17,18 @@ import pytest
 from syntra import Engine, cli
 from syntra.cli import main
 from syntra.errors import StorageCorrupt
+from syntra.store import logs
 from syntra.store.logs import (
     AUDIT_SCHEMA,
     DECISIONS_SCHEMA,
     FEEDBACK_SCHEMA,
     LOG_KINDS,
+    LogWriteFailed,
     SegmentLogWriter,
     StoreConfigs,
     log_path,
     read_log,
+    read_log_file,
 )
 from syntra_core.wal import Wal, scan
 
@@ -259,17 +262,190 @@ def test_duckdb_queries_the_parquet_export_and_a_pyarrow_table(store, tmp_path):
     assert ppb == sum(round(d.propensity * 1e9) for _, d in store.decisions.values())
 
 
-def test_catch_up_rewrites_a_deleted_file_identically(store, tmp_path):
-    path = tmp_path / "db"
-    shutil.copytree(store.path, path)
-    victim = log_path(path, "feedback", store.sealed[2].replace(str(store.path), str(path)))
-    original = victim.read_bytes()
-    victim.unlink()
+def copy_store(store, target):
+    """A private copy of the module's store, and its sealed segments' paths in the copy."""
+    shutil.copytree(store.path, target)
+    return [Path(segment.replace(str(store.path), str(target))) for segment in store.sealed]
+
+
+def span(store, number):
+    """(first, last) WAL sequence of sealed segment ``number`` (counted from 0)."""
+    sequences = [r.sequence for r in store.records if r.segment == store.sealed[number]]
+    return sequences[0], sequences[-1]
+
+
+def catch_up(path, writer=None):
     with Wal.open(path / "wal", durability="none") as wal:
-        writer = SegmentLogWriter(path, StoreConfigs(path))
-        assert writer.catch_up(wal) == [victim]
-        assert victim.read_bytes() == original
-        assert writer.catch_up(wal) == []  # idempotent: nothing is rewritten
+        writer = writer or SegmentLogWriter(path, StoreConfigs(path))
+        return writer.catch_up(wal), writer, list(wal.segments)
+
+
+def test_catch_up_rewrites_a_deleted_file_identically_and_returns_the_watermark(store, tmp_path):
+    path = tmp_path / "db"
+    sealed = copy_store(store, path)
+    victim = log_path(path, "feedback", sealed[2])
+    original = victim.read_bytes()
+    siblings = {kind: log_path(path, kind, sealed[2]) for kind in ("decisions", "audit")}
+    inodes = {kind: sibling.stat().st_ino for kind, sibling in siblings.items()}
+    victim.unlink()
+    through, writer, _ = catch_up(path)
+    assert through == writer.handled_through == store.live_first - 1  # every sealed segment
+    assert victim.read_bytes() == original
+    # A valid file is kept, not rewritten: neither its siblings nor, next time, itself.
+    assert {kind: sibling.stat().st_ino for kind, sibling in siblings.items()} == inodes
+    inode = victim.stat().st_ino
+    assert catch_up(path)[0] == store.live_first - 1
+    assert victim.stat().st_ino == inode
+
+
+def test_catch_up_rewrites_damaged_files_and_read_log_never_trusts_them(store, tmp_path,
+                                                                       capsys):
+    path = tmp_path / "db"
+    sealed = copy_store(store, path)
+    originals = {(kind, n): log_path(path, kind, sealed[n]).read_bytes()
+                 for kind in LOG_KINDS for n in range(4)}
+    # Read from the untouched store: overwriting a memory-mapped file in place pulls the
+    # pages from under any table still reading it.
+    before = {kind: read_log(store.path, kind) for kind in LOG_KINDS}
+    log_path(path, "decisions", sealed[0]).write_bytes(b"garbage")
+    # Cut short: the footer is gone.
+    log_path(path, "feedback", sealed[0]).write_bytes(originals["feedback", 0][:200])
+    # The audit file holds the installs: read_log must then find the configs elsewhere.
+    log_path(path, "audit", sealed[0]).write_bytes(originals["decisions", 0])  # wrong schema
+    # Valid files of the right kind, but not this segment's rows.
+    log_path(path, "decisions", sealed[1]).write_bytes(originals["decisions", 2])
+    empty = pa.BufferOutputStream()
+    with pyarrow.ipc.new_file(empty, FEEDBACK_SCHEMA) as writer:
+        writer.write_table(FEEDBACK_SCHEMA.empty_table())
+    log_path(path, "feedback", sealed[3]).write_bytes(empty.getvalue().to_pybytes())
+
+    for kind in LOG_KINDS:  # read from the WAL instead
+        assert read_log(path, kind).equals(before[kind])
+    out = tmp_path / "decisions.arrow"
+    assert main(["logs", "export", str(path), "--out", str(out)]) == 0
+    assert read_file(out).equals(before["decisions"])
+    garbage = log_path(path, "decisions", sealed[0])
+    assert (f"syntra logs export: warning: Arrow log {garbage} cannot be read: File is too"
+            " small: 7; reading its segment from the WAL instead") in capsys.readouterr().err
+    assert catch_up(path)[0] == store.live_first - 1
+    for (kind, n), data in originals.items():
+        assert log_path(path, kind, sealed[n]).read_bytes() == data, (kind, n)
+
+
+def test_read_log_file_checks_what_a_file_holds(store, tmp_path):
+    path = log_path(store.path, "decisions", store.sealed[1])
+    first, last = span(store, 1)
+    table = read_log_file(path, "decisions", within=(first, last), after=first - 1)
+    assert table.num_rows > 1
+    low, high = table["wal_sequence"][0].as_py(), table["wal_sequence"][-1].as_py()
+    with pytest.raises(StorageCorrupt, match=f"holds rows for WAL sequences {low}-{high},"
+                       f" outside its segment's WAL sequences {high}-{last + 5}"):
+        read_log_file(path, "decisions", within=(high, last + 5))
+    with pytest.raises(StorageCorrupt, match=f"outside its segment's WAL sequences after {low}"):
+        read_log_file(path, "decisions", after=low)
+    with pytest.raises(StorageCorrupt, match=f"Arrow log {path} does not have the schema of"
+                       " the feedback log"):
+        read_log_file(path, "feedback")
+    backwards = tmp_path / "backwards.arrow"
+    with pyarrow.ipc.new_file(str(backwards), DECISIONS_SCHEMA) as writer:
+        writer.write_table(table.take(list(range(table.num_rows))[::-1]))
+    with pytest.raises(StorageCorrupt, match="wal_sequence column is not strictly increasing"):
+        read_log_file(backwards, "decisions")
+    garbage = tmp_path / "garbage.arrow"
+    garbage.write_bytes(b"garbage")
+    with pytest.raises(StorageCorrupt, match=f"Arrow log {garbage} cannot be read"):
+        read_log_file(garbage, "decisions")
+
+
+def failing_for(segment, real):
+    def write_atomically(path, write, **options):
+        if Path(path).stem == segment.stem:
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path, write, **options)
+    return write_atomically
+
+
+def test_a_segment_whose_logs_cannot_be_written_holds_the_watermark_back(store, tmp_path,
+                                                                         monkeypatch):
+    path = tmp_path / "db"
+    sealed = copy_store(store, path)
+    for n in (2, 4):
+        for kind in LOG_KINDS:
+            log_path(path, kind, sealed[n]).unlink()
+    monkeypatch.setattr(logs, "write_atomically", failing_for(sealed[2], logs.write_atomically))
+
+    through, writer, segments = catch_up(path)
+
+    assert through == writer.handled_through == span(store, 1)[1]  # just below segment 2
+    assert not log_path(path, "audit", sealed[2]).exists()
+    assert log_path(path, "audit", sealed[4]).exists()  # later segments are still written
+    info = next(s for s in segments if Path(s.path) == sealed[2])
+    with pytest.raises(LogWriteFailed, match=f"cannot write Arrow log .*{sealed[2].stem}"):
+        writer.write(info)
+    assert writer.handled_through == span(store, 1)[1]
+    # Once the segment is written (a later seal or catch-up), the watermark passes it and
+    # every segment already done behind it.
+    monkeypatch.undo()
+    assert len(writer.write(info)) == 3
+    assert writer.handled_through == store.live_first - 1
+
+
+def test_the_watermark_stops_at_the_first_segment_when_it_fails(store, tmp_path, monkeypatch):
+    path = tmp_path / "db"
+    sealed = copy_store(store, path)
+    log_path(path, "decisions", sealed[0]).write_bytes(b"garbage")
+    monkeypatch.setattr(logs, "write_atomically", failing_for(sealed[0], logs.write_atomically))
+    assert catch_up(path)[0] == 0  # the log starts at 1: nothing is handled
+
+
+def test_a_removed_segment_without_its_log_is_a_named_gap(store, tmp_path, capsys):
+    path = tmp_path / "db"
+    sealed = copy_store(store, path)
+    before = read_log(store.path, "decisions")
+    for segment in sealed[:3]:  # as retention would
+        segment.unlink()
+    log_path(path, "decisions", sealed[1]).unlink()
+    first, last = span(store, 1)
+    kept = before.filter(pa.compute.invert(pa.compute.is_in(
+        before["wal_sequence"], pa.array(range(first, last + 1), pa.uint64()))))
+    assert kept.num_rows < before.num_rows
+
+    with pytest.raises(StorageCorrupt, match=f"WAL sequences {first}-{last} .segment 2, removed"
+                       r" from the WAL: logs/decisions/wal-0000000000000002.arrow is missing"):
+        read_log(path, "decisions")
+    assert read_log(path, "decisions", allow_gaps=True).equals(kept)
+    assert read_log(path, "decisions", since=last).equals(  # the gap is before: no loss
+        before.filter(pa.compute.greater(before["wal_sequence"], last)))
+    assert read_log(path, "feedback").num_rows == len(store.rewards)  # its files are all there
+
+    out = tmp_path / "decisions.arrow"
+    assert main(["logs", "export", str(path), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"error: the decisions log is missing rows: WAL sequences {first}-{last}" in err
+    assert "--allow-gaps" in err and not out.exists()
+    assert main(["logs", "export", str(path), "--out", str(out), "--allow-gaps"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"syntra logs export: warning: the decisions log is missing"
+                                   f" rows, left out: WAL sequences {first}-{last}")
+    assert len(captured.err.splitlines()) == 1
+    assert read_file(out).equals(kept)
+
+
+def test_a_damaged_log_of_a_removed_segment_is_named_without_a_traceback(store, tmp_path,
+                                                                         capsys):
+    path = tmp_path / "db"
+    sealed = copy_store(store, path)
+    sealed[0].unlink()
+    victim = log_path(path, "feedback", sealed[0])
+    victim.write_bytes(b"garbage")
+    first, last = span(store, 0)
+    with pytest.raises(StorageCorrupt, match=f"WAL sequences {first}-{last} .segment 1, removed"
+                       f" from the WAL: Arrow log {victim} cannot be read"):
+        read_log(path, "feedback")
+    out = tmp_path / "feedback.parquet"
+    assert main(["logs", "export", str(path), "--kind", "feedback", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"Arrow log {victim} cannot be read" in err and "Traceback" not in err
 
 
 def test_writer_refuses_the_live_segment(store):

@@ -329,7 +329,7 @@ def test_uninstall_while_other_threads_decide_keeps_the_store_openable(tmp_path)
         cap = eng.install(NAME, options=OPTIONS)
         stop = threading.Event()
 
-        def hammer():
+        def hammer(cap=cap, stop=stop):
             while not stop.is_set():
                 try:
                     d = cap.decide("k")
@@ -489,3 +489,25 @@ def test_the_option_list_matches_the_store_constructor():
 
     parameters = set(inspect.signature(DurableStore.__init__).parameters) - {"self", "path"}
     assert parameters == DurableStore.OPTIONS
+
+
+def test_retention_keeps_segments_whose_logs_are_not_written(tmp_path, monkeypatch):
+    from syntra.errors import StorageError as Failed
+    from syntra.store import logs
+
+    def fail(self, segment):
+        raise Failed("simulated: the logs directory is not writable")
+
+    monkeypatch.setattr(logs.SegmentLogWriter, "write", fail)
+    options = {"retention": "delete", "keep_checkpoints": 1, "segment_bytes": 4096, "checkpoint_every": 10**9}
+    with Engine.open(tmp_path / "db", **options, **FAST) as eng:
+        install_both(eng)
+        drive(eng, 300)
+        eng.checkpoint()
+    # No segment lost its logs for good: every segment is still there.
+    assert sorted((tmp_path / "db" / "wal").glob("*.seg"))[0].name.endswith("0000000000000001.seg")
+    monkeypatch.undo()
+    with Engine.open(tmp_path / "db", **options, **FAST) as eng:  # catches the logs up
+        eng.checkpoint()
+    remaining = sorted((tmp_path / "db" / "wal").glob("*.seg"))
+    assert not remaining[0].name.endswith("0000000000000001.seg")

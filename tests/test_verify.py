@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import pyarrow as pa
+import pyarrow.ipc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -247,6 +249,79 @@ def test_a_log_cut_at_the_start_without_a_checkpoint_fails(copy, capsys):
 
     assert code == 1
     assert "no valid checkpoint covers sequence" in out
+
+
+def sealed_logs(path, kind):
+    """The ``kind`` log files of the sealed segments (all but the last, live one)."""
+    segments = sorted((path / "wal").glob("wal-*.seg"))[:-1]
+    return [path / "logs" / kind / (segment.stem + ".arrow") for segment in segments]
+
+
+def test_a_healthy_store_checks_every_log_file(healthy, capsys):
+    sealed = len(sealed_logs(healthy.path, "decisions"))
+    report = verify_store(healthy.path)
+    assert report.log_files == 3 * sealed and report.log_files_orphaned == 0
+    assert report.notes == []
+    code, out, _ = run(capsys, healthy.path)
+    assert code == 0
+    assert f"logs: {3 * sealed} Arrow log files valid, rows match the WAL" in out
+
+
+def test_a_garbage_log_file_is_named(copy, capsys):
+    victim = sealed_logs(copy, "feedback")[1]
+    victim.write_bytes(b"garbage")
+
+    code, out, _ = run(capsys, copy)
+
+    assert code == 1
+    assert f"bad Arrow log: Arrow log {victim} cannot be read" in out
+    assert re.search(rf"log\s+{re.escape(str(victim))}$", out, re.M)
+    assert "1 problem in" in out
+
+
+def test_a_log_file_with_another_segments_rows_is_named(copy, capsys):
+    decisions = sealed_logs(copy, "decisions")
+    shutil.copy(decisions[2], decisions[1])  # reads well: only the WAL tells
+    first = next(r.sequence for r in scan(copy / "wal") if r.rtype == RecordType.DECISION
+                 and Path(r.segment).stem == decisions[1].stem)
+
+    code, out, _ = run(capsys, copy)
+
+    assert code == 1
+    assert (f"Arrow log {decisions[1]}: its {pa.ipc.open_file(decisions[2]).read_all().num_rows}"
+            " rows are not the") in out
+    assert f"the first difference is at WAL sequence {first}" in out
+
+
+def test_a_log_row_with_a_wrong_digest_is_named(copy, capsys):
+    victim = sealed_logs(copy, "decisions")[1]
+    table = pa.ipc.open_file(pa.py_buffer(victim.read_bytes())).read_all()
+    digests = table.column("digest").to_pylist()
+    forged = bytes(32)
+    table = table.set_column(table.schema.get_field_index("digest"), table.schema.field("digest"),
+                             pa.array([forged] + digests[1:], pa.binary(32)))
+    with pa.ipc.new_file(str(victim), table.schema) as writer:
+        writer.write_table(table)
+    sequence = table.column("wal_sequence")[0].as_py()
+
+    code, out, _ = run(capsys, copy)
+
+    assert code == 1
+    assert (f"Arrow log {victim}: the row for WAL sequence {sequence} has a digest other than"
+            " its WAL record's") in out
+    assert re.search(rf"expected\s+{digests[0].hex()}$", out, re.M)
+    assert re.search(rf"actual\s+{forged.hex()}$", out, re.M)
+
+
+def test_a_sealed_segment_without_log_files_is_a_note(copy, capsys):
+    for kind in ("decisions", "feedback", "audit"):
+        sealed_logs(copy, kind)[2].unlink()
+    sealed_logs(copy, "audit")[3].unlink()
+
+    code, out, _ = run(capsys, copy)
+
+    assert code == 0, out
+    assert "note: 2 sealed WAL segments (3-4) lack some Arrow log files" in out
 
 
 def test_a_missing_directory_exits_2_with_a_message(tmp_path, capsys):

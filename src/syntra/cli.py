@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -274,18 +275,43 @@ def _add_logs(subparsers: argparse._SubParsersAction) -> None:
                         help="only rows whose WAL sequence is greater than SEQ")
     export.add_argument("--out", required=True, type=_export_path, metavar="PATH",
                         help="output file: PATH.arrow (Arrow IPC file) or PATH.parquet")
+    export.add_argument("--allow-gaps", action="store_true",
+                        help="export what is left when rows are lost (WAL segments removed by "
+                        "retention whose log files are missing or damaged), with a warning; "
+                        "without it, such a loss is an error")
     export.set_defaults(run=_run_logs_export, parser=export)
 
 
 def _run_logs_export(args: argparse.Namespace) -> int:
-    from syntra.store.logs import export_log
+    from syntra.errors import StorageError
+    from syntra.store.logs import LogGaps, export_log
 
+    prefix = "syntra logs export"
+    # A damaged log file read from the WAL instead is worth a line, in this command's voice.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prefix}: warning: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    store_log = logging.getLogger("syntra.store")
+    store_log.addHandler(handler)
     try:
-        result = export_log(args.store, args.out, kind=args.kind, since=args.since)
-    except OSError as error:
-        print(f"syntra logs export: error: cannot write {args.out}: {error.strerror or error}",
+        result = export_log(args.store, args.out, kind=args.kind, since=args.since,
+                            allow_gaps=args.allow_gaps)
+    except LogGaps as error:
+        print(f"{prefix}: error: {error}; nothing was written (--allow-gaps exports the rest)",
               file=sys.stderr)
         return 1
+    except StorageError as error:  # damage is a failed run, not a usage error
+        print(f"{prefix}: error: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"{prefix}: error: cannot write {args.out}: {error.strerror or error}",
+              file=sys.stderr)
+        return 1
+    finally:
+        store_log.removeHandler(handler)
+    if result.gaps:
+        print(f"{prefix}: warning: the {result.kind} log is missing rows, left out: "
+              f"{', '.join(map(str, result.gaps))}", file=sys.stderr)
     span = (f" (WAL sequences {result.first_sequence}-{result.last_sequence})"
             if result.rows else "")
     print(f"wrote {result.rows:,} {result.kind} rows{span} to {result.path} as {result.format}")
@@ -318,11 +344,12 @@ def _sequence(text: str) -> int:
 def _add_verify(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "verify",
-        help="check a store: WAL chain, checkpoints and a full replay",
+        help="check a store: WAL chain, checkpoints, a full replay and the Arrow logs",
         description="Check the store in DIR without changing it: recompute the WAL's hash "
         "chain, check every checkpoint (digest, signature with --public-key, head digest "
-        "against the log) and replay the whole log, re-deriving every decision. Prints OK "
-        "with counts and exits 0, or prints the first damage exactly and exits 1.",
+        "against the log), replay the whole log, re-deriving every decision, and check that "
+        "every Arrow log file reads and holds its segment's records. Prints OK with counts "
+        "and exits 0, or prints the first damage exactly and exits 1.",
     )
     parser.add_argument("store", metavar="DIR",
                         help="the store directory (the path given to Engine.open)")
@@ -365,16 +392,21 @@ def _format_verify(report: VerifyReport) -> str:
         f"({report.audit:,} audit records)",
         f"checkpoints: {checkpoints}",
         f"replay: {_count(report.replayed, 'record')} {origin}, every decision re-derived",
+        f"logs: {_count(report.log_files, 'Arrow log file')} valid"
+        + (f", {report.log_files_orphaned:,} of them outlive their WAL segment"
+           if report.log_files_orphaned else "")
+        + (", rows match the WAL" if report.log_files > report.log_files_orphaned else ""),
     ]
     return "\n".join(lines + [f"note: {note}" for note in report.notes])
 
 
 def _format_problem(problem: Problem) -> list[str]:
     title = {"wal": "WAL damaged", "checkpoint": "bad checkpoint",
-             "replay": "replay diverged"}[problem.area]
+             "replay": "replay diverged", "logs": "bad Arrow log"}[problem.area]
     lines = [f"{title}: {problem.message}"]
     fields = [
         ("checkpoint", problem.checkpoint),
+        ("log", problem.log),
         ("segment", problem.segment),
         ("offset", problem.offset),
         ("sequence", problem.sequence),

@@ -452,6 +452,7 @@ class Engine:
             writer = SegmentLogWriter(path, engine.capsule_config)
             # Registered first, so a segment sealed meanwhile is written by one or the other.
             store.seal_handlers.append(writer.write)
+            store.log_watermark = lambda: writer.handled_through
             writer.catch_up(store.wal)
         except BaseException:
             store.close()

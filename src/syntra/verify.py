@@ -16,6 +16,10 @@
    record. At each checkpoint's sequence, the replayed state must equal the checkpoint's.
    The seed and nonce come from the ENGINE_CREATED record; if retention removed the start
    of the log, replay starts from the oldest checkpoint that the log still reaches.
+4. **The Arrow logs.** Every file under ``logs/`` opens as an Arrow IPC file with the
+   schema of its kind and every value valid; one whose WAL segment is still there must
+   hold exactly that segment's records of its kind (WAL sequences and digests). A sealed
+   segment without its files is a note, not a failure: the next open writes them.
 
 Not yet checked: kernel decision digests. The log holds no kernel policy snapshot yet, so
 there is nothing to re-verify them against; once such records exist, replay will re-verify
@@ -50,7 +54,15 @@ import blake3
 from syntra.engine import Engine
 from syntra.errors import StorageCorrupt
 from syntra.store import checkpoint as ckpt
-from syntra.store.logs import CHECKPOINTS_DIR, WAL_DIR, check_store, wal_segments
+from syntra.store.logs import (
+    CHECKPOINTS_DIR,
+    LOG_KINDS,
+    WAL_DIR,
+    check_store,
+    log_files,
+    read_log_file,
+    wal_segments,
+)
 from syntra.store.records import RecordType, decode_json
 from syntra.store.state import decode_state, encode_state
 from syntra_core.wal import WalCorrupt, scan
@@ -64,9 +76,10 @@ _HEADER_PREVIOUS_DIGEST = slice(32, 64)
 class Problem:
     """One thing that does not check out.
 
-    ``area`` is "wal" (the chain), "checkpoint" or "replay". The other fields say where, as
-    far as they apply: the segment file and the offset of the record's frame, its sequence,
-    the digest computed (``expected``) and the one stored (``actual``), the checkpoint file.
+    ``area`` is "wal" (the chain), "checkpoint", "replay" or "logs" (an Arrow log file).
+    The other fields say where, as far as they apply: the segment file and the offset of
+    the record's frame, its sequence, the digest computed (``expected``) and the one stored
+    (``actual``), the checkpoint file, the Arrow log file.
     """
 
     area: str
@@ -77,6 +90,7 @@ class Problem:
     expected: bytes | None = None
     actual: bytes | None = None
     checkpoint: str | None = None
+    log: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,8 @@ class VerifyReport:
     signatures_checked: bool = False
     replayed_from: int | None = None  # replay started after this sequence (None: no replay)
     replayed: int = 0  # records replayed
+    log_files: int = 0  # Arrow log files that passed every check
+    log_files_orphaned: int = 0  # of those, files whose WAL segment is gone (schema only)
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # worth knowing, not a failure
 
@@ -126,6 +142,8 @@ class _Verification:
         self.chain = None  # syntra_core.wal.VerifyResult once the chain checked out
         self.replayed_from: int | None = None
         self.replayed = 0
+        self.logs = _LogCheck(path, self.problems, self.notes)
+        self.scanned = False  # whether every record went through self.logs
 
     def run(self) -> VerifyReport:
         self._check_chain()
@@ -133,6 +151,9 @@ class _Verification:
         passed = checkpoints
         if self.chain is not None:
             passed = self._check_against_log(checkpoints)
+            if self.replayed_from is None:  # no replay, so no scan fed the log check yet
+                self._scan_for_logs()
+        self.logs.finish(self.scanned)
         chain = self.chain
         return VerifyReport(
             path=self.path,
@@ -147,6 +168,8 @@ class _Verification:
             signatures_checked=self.key is not None,
             replayed_from=self.replayed_from,
             replayed=self.replayed,
+            log_files=self.logs.valid,
+            log_files_orphaned=self.logs.orphaned,
             problems=self.problems,
             notes=self.notes,
         )
@@ -262,6 +285,7 @@ class _Verification:
         failed = False
         try:
             for record in scan(self.path / WAL_DIR):
+                self.logs.add(record)
                 self._count(record.rtype)
                 if record.sequence in wanted:
                     digests[record.sequence] = record.digest
@@ -283,7 +307,18 @@ class _Verification:
                     states[record.sequence] = _engine_state(engine)
         except (WalCorrupt, OSError) as exc:  # changed since the chain was checked
             self.problems.append(Problem("wal", f"the WAL changed while it was verified: {exc}"))
+        else:
+            self.scanned = True
         return states
+
+    def _scan_for_logs(self) -> None:
+        try:
+            for record in scan(self.path / WAL_DIR):
+                self.logs.add(record)
+        except (WalCorrupt, OSError) as exc:  # changed since the chain was checked
+            self.problems.append(Problem("wal", f"the WAL changed while it was verified: {exc}"))
+        else:
+            self.scanned = True
 
     def _count(self, rtype: int) -> None:
         if rtype == RecordType.DECISION:
@@ -292,6 +327,121 @@ class _Verification:
             self.counts["feedback"] += 1
         else:
             self.counts["audit"] += 1
+
+
+# --- the Arrow logs ----------------------------------------------------------------------
+
+
+def _log_kind(rtype: int) -> str:
+    # The rows syntra.store.logs makes of each record type.
+    if rtype == RecordType.DECISION:
+        return "decisions"
+    if rtype == RecordType.FEEDBACK:
+        return "feedback"
+    return "audit"
+
+
+def _segment_number(path: str) -> int:
+    return int(Path(path).stem.removeprefix("wal-"))
+
+
+class _LogCheck:
+    """Checks the Arrow log files, one WAL segment at a time as the scan passes it, so
+    only one segment's (sequence, digest) pairs are held at once."""
+
+    def __init__(self, path: Path, problems: list[Problem], notes: list[str]):
+        self.path = path
+        self.problems = problems
+        self.notes = notes
+        self.files = {kind: log_files(path, kind) for kind in LOG_KINDS}
+        self.valid = 0
+        self.orphaned = 0
+        self._checked: set[tuple[str, int]] = set()
+        self._segment: str | None = None
+        self._rows: dict[str, list[tuple[int, bytes]]] = {}
+
+    def add(self, record) -> None:
+        if record.segment != self._segment:
+            self._compare()
+            self._segment = record.segment
+            self._rows = {kind: [] for kind in LOG_KINDS}
+        self._rows[_log_kind(record.rtype)].append((record.sequence, record.digest))
+
+    def finish(self, scanned: bool) -> None:
+        """Check what the scan did not reach; ``scanned``: it saw every record."""
+        if scanned:
+            self._compare()
+        segments = wal_segments(self.path)
+        for kind, files in self.files.items():
+            for number, path in files.items():
+                if (kind, number) not in self._checked and self._read(kind, path) is not None:
+                    self.valid += 1
+                    self.orphaned += number not in segments
+        sealed = list(segments)[:-1]  # the last one is live: no files until it is sealed
+        unlogged = [n for n in sealed if any(n not in files for files in self.files.values())]
+        if unlogged:
+            self.notes.append(
+                f"{len(unlogged)} sealed WAL segment{'s' if len(unlogged) > 1 else ''}"
+                f" ({_ranges(unlogged)}) lack some Arrow log files: the next open writes them"
+                " from the WAL")
+
+    def _compare(self) -> None:
+        if self._segment is None:
+            return
+        number = _segment_number(self._segment)
+        for kind, expected in self._rows.items():
+            path = self.files[kind].get(number)
+            if path is None:
+                continue
+            self._checked.add((kind, number))
+            table = self._read(kind, path)
+            if table is not None and self._matches(kind, path, table, expected):
+                self.valid += 1
+        self._segment = None
+
+    def _read(self, kind: str, path: Path):
+        try:
+            return read_log_file(path, kind, full=True)
+        except StorageCorrupt as exc:
+            self.problems.append(Problem("logs", str(exc), log=str(path)))
+            return None
+
+    def _matches(self, kind: str, path: Path, table, expected: list[tuple[int, bytes]]) -> bool:
+        rows = list(zip(table.column("wal_sequence").to_pylist(),
+                        table.column("digest").to_pylist()))
+        if rows == expected:
+            return True
+        i = next((i for i, (row, want) in enumerate(zip(rows, expected)) if row != want),
+                 min(len(rows), len(expected)))
+        row = rows[i] if i < len(rows) else None
+        want = expected[i] if i < len(expected) else None
+        where = {"log": str(path), "segment": self._segment}
+        if row and want and row[0] == want[0]:
+            self.problems.append(Problem(
+                "logs", f"Arrow log {path}: the row for WAL sequence {row[0]} has a digest"
+                " other than its WAL record's", sequence=row[0], expected=want[1],
+                actual=row[1], **where))
+        else:
+            sequence = min(x[0] for x in (row, want) if x)
+            self.problems.append(Problem(
+                "logs", f"Arrow log {path}: its {len(rows)} rows are not the {len(expected)}"
+                f" {kind} records of its WAL segment; the first difference is at WAL sequence"
+                f" {sequence}", sequence=sequence, **where))
+        return False
+
+
+def _ranges(numbers: list[int]) -> str:
+    """1, 2, 3, 5 -> "1-3, 5"."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+# --- engines for replay ------------------------------------------------------------------
 
 
 def _engine_from_first(record):

@@ -14,7 +14,7 @@ File layout (little-endian)::
     signature  sig_len bytes
 
 A checkpoint is written to a temporary file, synced, renamed into place, and the directory
-is synced, so a crash leaves either the old set of checkpoints or the new one. Loading
+is synced (``syntra.store.files.write_atomically``), so a crash leaves either the old set of checkpoints or the new one. Loading
 checks the digest and, when a verification key is configured, requires a valid signature.
 """
 
@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from syntra.errors import InvalidConfig, StorageCorrupt
-from syntra.store.files import fsync_directory, make_directory
+from syntra.store.files import fsync_directory, make_directory, write_atomically
 from syntra.store.state import PREFIX, decode_state, encode_state
 
 log = logging.getLogger("syntra.store")
@@ -109,17 +109,7 @@ def write_checkpoint(directory: Path, *, wal_sequence: int, head_digest: bytes,
 
     make_directory(directory)
     final = directory / f"ckpt-{wal_sequence:020d}{SUFFIX}"
-    tmp = final.with_name(final.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, final)
-    fsync_directory(directory)
+    write_atomically(final, lambda file: file.write(data))
     return final
 
 
@@ -217,7 +207,7 @@ def load_latest(directory: Path, verify_key: Ed25519PublicKey | None = None) -> 
 def prune(directory: Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (and stale temporary files)."""
     removed = []
-    for path in list_checkpoints(directory)[keep:] + sorted(directory.glob(f"*{SUFFIX}.tmp")):
+    for path in list_checkpoints(directory)[keep:] + sorted(directory.glob(f".ckpt-*{SUFFIX}.*.tmp")):
         path.unlink(missing_ok=True)
         removed.append(path)
     if removed:

@@ -90,9 +90,9 @@ class DurableStore:
         except (TypeError, ValueError) as exc:
             raise InvalidConfig(str(exc)) from None
         self.last_checkpoint_sequence = 0
-        # The WAL sequence through which every sealed segment has its Arrow logs. Retention
-        # never deletes a segment above it; the engine sets it after catching the logs up.
-        self.handled_through = 0
+        # Returns the WAL sequence through which every sealed segment has its Arrow logs;
+        # retention never deletes a segment above it. Set by whoever writes the logs.
+        self.log_watermark: Callable[[], int] | None = None
         # One checkpoint at a time: background, explicit and close-time ones may race.
         self.checkpoint_lock = threading.Lock()
         self.failure: BaseException | None = None
@@ -101,14 +101,11 @@ class DurableStore:
         self._thread: threading.Thread | None = None
 
     def _sealed(self, segment) -> None:
-        try:
-            for handler in list(self.seal_handlers):
+        for handler in list(self.seal_handlers):
+            try:
                 handler(segment)
-        except Exception:  # the WAL is the record of truth; the next open catches up
-            log.exception("seal handler failed for segment %s", segment.number)
-            return
-        if segment.first_sequence <= self.handled_through + 1:
-            self.handled_through = max(self.handled_through, segment.last_sequence)
+            except Exception:  # the WAL is the record of truth; the next open catches up
+                log.exception("seal handler failed for segment %s", segment.number)
 
     # --- writing -----------------------------------------------------------------------
 
@@ -186,8 +183,10 @@ class DurableStore:
             kept = ckpt.list_checkpoints(self.checkpoint_dir)
             oldest = ckpt.sequence_of(kept[-1])
             # Keep every segment the oldest kept checkpoint still needs for a fallback, and
-            # every segment whose Arrow logs the seal handlers have not written yet.
-            self.wal.retain(min(oldest, self.handled_through) + 1, archive_dir=self.archive_dir)
+            # every segment whose Arrow logs are not written yet.
+            if self.log_watermark is not None:
+                oldest = min(oldest, self.log_watermark())
+            self.wal.retain(oldest + 1, archive_dir=self.archive_dir)
         return path
 
     def start_checkpointer(self, take_checkpoint: Callable[[], object]) -> None:

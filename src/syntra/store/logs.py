@@ -15,9 +15,12 @@ replacement scan of the Python variable) or a Parquet export (``SELECT ... FROM
 
 The logs are derived from the WAL, which stays the record of truth. :class:`SegmentLogWriter`
 writes a segment's three files once the WAL seals it, atomically and idempotently, and its
-:meth:`~SegmentLogWriter.catch_up` writes any that a crash left out. :func:`read_log` joins
-the files with the records of segments that have none yet, converted on the fly, so the
-live segment's tail is readable too.
+:meth:`~SegmentLogWriter.catch_up` checks every file at open and writes any that a crash
+left out or that is damaged; its ``handled_through`` tells retention which segments are
+safe to remove. :func:`read_log` joins the files with the records of segments that have
+none yet (or only a damaged one), converted on the fly, so the live segment's tail is
+readable too. Where retention removed a segment whose file is missing or damaged, the rows
+are lost: :func:`read_log` says so (:class:`LogGaps`) rather than skip them silently.
 
 Example:
 
@@ -46,7 +49,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -56,7 +58,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from syntra.errors import StorageCorrupt, SyntraError
+from syntra.errors import StorageCorrupt, StorageError, SyntraError
 from syntra.names import CapsuleName
 from syntra.store import checkpoint as ckpt
 from syntra.store.records import (
@@ -66,6 +68,7 @@ from syntra.store.records import (
     RecordType,
     decode_json,
 )
+from syntra.store.files import make_directory, write_atomically
 from syntra_core.wal import WalCorrupt, WalRecord, scan_segment
 
 log = logging.getLogger("syntra.store")
@@ -208,8 +211,11 @@ class _Converter:
             raise StorageCorrupt(f"{_where(record)}: {exc}") from None
 
     def tables(self) -> dict[str, pa.Table]:
-        return {kind: pa.Table.from_pydict(self._columns[kind], schema=SCHEMAS[kind])
-                for kind in LOG_KINDS}
+        try:
+            return {kind: pa.Table.from_pydict(self._columns[kind], schema=SCHEMAS[kind])
+                    for kind in LOG_KINDS}
+        except (pa.ArrowException, OverflowError) as exc:  # a value no column can hold
+            raise StorageCorrupt(f"WAL records cannot be turned into log rows: {exc}") from None
 
     def _config(self, uid: int, record: WalRecord) -> tuple[dict[str, Any], CapsuleName]:
         config = self._installed.get(uid)
@@ -356,45 +362,6 @@ def check_store(store_path: str | os.PathLike) -> Path:
 # --- writing -----------------------------------------------------------------------------
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_directory(directory: Path) -> None:
-    """Create ``directory`` (and missing parents) durably: each new entry's parent is synced."""
-    missing = []
-    while not directory.is_dir():
-        missing.append(directory)
-        directory = directory.parent
-    for path in reversed(missing):
-        path.mkdir(exist_ok=True)
-        _fsync_directory(path.parent)
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
-    """Create ``path`` with ``write(file)``: a temporary file, fsync, rename, directory fsync.
-
-    A crash leaves either no file or the complete one (and maybe a ``.*.tmp`` leftover).
-    """
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            if sync:
-                os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    if sync:
-        _fsync_directory(path.parent)
-
-
 def _write_arrow(table: pa.Table) -> Callable[[BinaryIO], None]:
     def write(file: BinaryIO) -> None:
         with pa.ipc.new_file(file, table.schema) as writer:
@@ -403,14 +370,75 @@ def _write_arrow(table: pa.Table) -> Callable[[BinaryIO], None]:
 
 
 def read_arrow(path: str | os.PathLike) -> pa.Table:
-    """Read one Arrow IPC log file."""
+    """Read one Arrow IPC file, unchecked (see :func:`read_log_file` for a checked read)."""
     with pa.memory_map(os.fspath(path)) as source:
         return pa.ipc.open_file(source).read_all()
+
+
+def read_log_file(path: str | os.PathLike, kind: str, *, full: bool = True,
+                  within: tuple[int, int] | None = None, after: int = 0) -> pa.Table:
+    """Read the ``kind`` log file at ``path``, or raise :class:`StorageCorrupt` naming it.
+
+    The file must open as an Arrow IPC file with the schema of ``kind`` (names, types,
+    nullability and the ``syntra.log`` metadata; the field docs may differ), and its
+    ``wal_sequence`` must be free of nulls, strictly increasing, greater than ``after`` and,
+    with ``within=(first, last)``, inside that range of a segment. ``full`` also validates
+    every value (UTF-8, offsets), which reads the whole file.
+    """
+    expected = SCHEMAS[kind]
+    try:
+        table = read_arrow(path)
+        table.validate(full=full)
+    except (pa.ArrowException, OSError) as exc:
+        raise StorageCorrupt(f"Arrow log {path} cannot be read: {exc}") from None
+    metadata = table.schema.metadata or {}
+    if not table.schema.equals(expected) or metadata.get(b"syntra.log") != kind.encode():
+        raise StorageCorrupt(f"Arrow log {path} does not have the schema of the {kind} log")
+    if metadata.get(b"syntra.log_format") != LOG_FORMAT.encode():
+        raise StorageCorrupt(f"Arrow log {path} is not in log format {LOG_FORMAT}")
+    sequences = table.column("wal_sequence")
+    if not table.num_rows:
+        return table
+    if sequences.null_count or (len(sequences) > 1 and not pc.all(
+            pc.less(sequences[:-1], sequences[1:])).as_py()):
+        raise StorageCorrupt(f"Arrow log {path}: its wal_sequence column is not strictly"
+                             " increasing")
+    low, high = sequences[0].as_py(), sequences[-1].as_py()
+    if low <= after or (within is not None and not within[0] <= low <= high <= within[1]):
+        where = (f"WAL sequences {within[0]}-{within[1]}" if within is not None
+                 else f"WAL sequences after {after}")
+        raise StorageCorrupt(f"Arrow log {path} holds rows for WAL sequences {low}-{high},"
+                             f" outside its segment's {where}")
+    return table
 
 
 def log_path(store_path: str | os.PathLike, kind: str, segment_path: str | os.PathLike) -> Path:
     """Where the ``kind`` log of a WAL segment goes: logs/<kind>/<segment name>.arrow."""
     return Path(store_path) / LOGS_DIR / kind / (Path(segment_path).stem + SUFFIX)
+
+
+def log_files(store_path: str | os.PathLike, kind: str) -> dict[int, Path]:
+    """{segment number: path} of the ``kind`` log files in a store."""
+    return _numbered_files(Path(store_path) / LOGS_DIR / kind, _LOG_FILE)
+
+
+class LogWriteFailed(StorageError):
+    """The Arrow logs of a WAL segment could not be written (I/O error, disk full).
+
+    The WAL still holds the segment's records; the next :meth:`SegmentLogWriter.catch_up`
+    tries again, and retention must keep the segment until then.
+    """
+
+
+def _covers(sequences: list[pa.ChunkedArray], first: int, last: int) -> bool:
+    """Whether ``sequences`` (each in [first, last]) hold every sequence of the range once."""
+    total = sum(len(s) for s in sequences)
+    if total != last - first + 1:
+        return False
+    if not total:
+        return True
+    merged = pa.chunked_array([chunk for s in sequences for chunk in s.chunks], pa.uint64())
+    return len(pc.unique(merged)) == total
 
 
 class SegmentLogWriter:
@@ -419,49 +447,111 @@ class SegmentLogWriter:
     ``resolve(uid)`` returns the install config of any capsule ever installed (an engine
     passes ``engine.capsule_config``); install records in the segment itself are used
     first, so a capsule installed just before a seal needs no lookup. Thread-safe.
+
+    ``handled_through`` is the last WAL sequence through which every segment, from the
+    first one :meth:`catch_up` saw, has complete and valid log files: a segment whose logs
+    failed holds it back until a later catch-up writes them. Retention must never remove a
+    segment above it. It is 0 until :meth:`catch_up` runs.
     """
 
     def __init__(self, store_path: str | os.PathLike, resolve: Resolve):
         self.store_path = Path(store_path)
         self._resolve = resolve
         self._lock = threading.Lock()
+        self.handled_through = 0
+        self._next = 1  # number of the segment handled_through waits for
+        self._done: dict[int, int] = {}  # segment number -> last sequence, beyond _next
 
     def write(self, segment) -> list[Path]:
-        """Write the missing log files of a sealed segment (a ``SegmentInfo``); return them.
+        """Make the log files of a sealed segment (a ``SegmentInfo``) complete and valid;
+        return the files written.
 
-        Idempotent: a file that exists is complete (it was renamed into place) and is kept.
+        A file that exists is kept if it checks out (:func:`read_log_file`, and the three
+        files together hold each sequence of the segment once); a missing or bad one is
+        written from the WAL, atomically. Returns [] when all three were fine. On success
+        the segment counts as handled (see ``handled_through``). Raises, and the segment
+        stays unhandled, :class:`StorageCorrupt` if the segment's records cannot be read
+        or converted, :class:`LogWriteFailed` if a file cannot be written.
         """
         if not segment.sealed:
             raise ValueError(
                 f"segment {segment.number} is live: only sealed segments get log files")
         with self._lock:
-            missing = {kind: log_path(self.store_path, kind, segment.path) for kind in LOG_KINDS}
-            missing = {kind: path for kind, path in missing.items() if not path.exists()}
-            if not missing:
-                return []
-            tables = convert(segment_records(segment.path), self._resolve)
-            for kind, path in missing.items():
-                _make_directory(path.parent)
+            self._done.pop(segment.number, None)
+            written = self._write(segment)
+            if segment.number >= self._next:
+                self._done[segment.number] = segment.last_sequence
+            while self._next in self._done:
+                self.handled_through = self._done.pop(self._next)
+                self._next += 1
+            return written
+
+    def _write(self, segment) -> list[Path]:
+        paths = {kind: log_path(self.store_path, kind, segment.path) for kind in LOG_KINDS}
+        span = (segment.first_sequence, segment.last_sequence)
+        kept: dict[str, pa.Table] = {}
+        for kind, path in paths.items():
+            if not os.path.exists(path):
+                continue
+            try:
+                kept[kind] = read_log_file(path, kind, full=False, within=span)
+            except StorageCorrupt as exc:
+                log.warning("%s; rewriting it from the WAL", exc)
+        if len(kept) == len(paths) and _covers(
+                [table.column("wal_sequence") for table in kept.values()], *span):
+            return []
+        tables = self._convert(segment)
+        written = []
+        for kind, path in paths.items():
+            if kind in kept and kept[kind].equals(tables[kind]):
+                continue
+            if kind in kept:  # readable, but not this segment's rows
+                log.warning("Arrow log %s does not match its WAL segment; rewriting it", path)
+            try:
+                make_directory(path.parent)
                 write_atomically(path, _write_arrow(tables[kind]))
-            return list(missing.values())
+            except OSError as exc:
+                raise LogWriteFailed(f"cannot write Arrow log {path}: {exc}") from None
+            written.append(path)
+        return written
 
-    def catch_up(self, wal) -> list[Path]:
-        """Write the missing log files of every sealed segment of ``wal``; return them.
+    def _convert(self, segment) -> dict[str, pa.Table]:
+        try:
+            records = segment_records(segment.path)
+        except WalCorrupt as exc:
+            raise StorageCorrupt(f"WAL damaged: {exc}") from None
+        except OSError as exc:
+            raise LogWriteFailed(f"cannot read WAL segment {segment.path}: {exc}") from None
+        return convert(records, self._resolve)
 
-        Run at open, so a crash between a seal and its logs loses no log for good. A
-        segment that fails is logged at ERROR and skipped: the WAL still holds its
-        records, and the next open tries again.
+    def catch_up(self, wal) -> int:
+        """Check the log files of every sealed segment of ``wal``, write the missing or bad
+        ones, and return ``handled_through``.
+
+        Run at open, so a crash between a seal and its logs loses no log for good, and a
+        damaged file is replaced while its segment is still there. A segment that fails is
+        logged at ERROR and holds the watermark back (later segments are still written):
+        the WAL keeps its records, and the next catch-up tries again.
         """
         self._remove_leftovers()
-        written = []
-        for segment in wal.segments:
+        segments = list(wal.segments)
+        if not segments:
+            return self.handled_through
+        with self._lock:
+            # Start over from the first segment there is: each is checked again below, and
+            # what a seal handler finished meanwhile is kept.
+            self._next = segments[0].number
+            self.handled_through = segments[0].first_sequence - 1
+            self._done = {n: last for n, last in self._done.items() if n >= self._next}
+        for segment in segments:
             if not segment.sealed:
                 continue
             try:
-                written += self.write(segment)
-            except Exception:
-                log.exception("cannot write the Arrow logs of WAL segment %s", segment.path)
-        return written
+                self.write(segment)
+            except Exception as exc:  # noqa: BLE001 (one segment must not stop the others)
+                log.error("cannot write the Arrow logs of WAL segment %s: %s: %s",
+                          segment.path, type(exc).__name__, exc)
+        return self.handled_through
 
     def _remove_leftovers(self) -> None:
         for kind in LOG_KINDS:
@@ -497,8 +587,13 @@ class StoreConfigs:
         self.installed.setdefault(config["uid"], config)
 
     def _from_audit_logs(self) -> None:
-        for path in _numbered_files(self.store_path / LOGS_DIR / "audit", _LOG_FILE).values():
-            table = read_arrow(path).filter(pc.field("kind") == "capsule_installed")
+        for path in log_files(self.store_path, "audit").values():
+            try:
+                table = read_log_file(path, "audit", full=False)
+            except StorageCorrupt as exc:
+                log.warning("capsule configs: skipping %s", exc)  # the checkpoints may have them
+                continue
+            table = table.filter(pc.field("kind") == "capsule_installed")
             for details in table.column("details").to_pylist():
                 config = json.loads(details)
                 config.pop("ts_ns", None)
@@ -527,46 +622,214 @@ def _check_since(since: int | None) -> None:
         raise ValueError(f"since must be a WAL sequence (an integer >= 0), got {since!r}")
 
 
+@dataclass(frozen=True)
+class Gap:
+    """WAL sequences whose rows a log has lost: retention removed their segments from the
+    WAL and their log files are missing or damaged. ``segments`` are the first and last
+    segment number; ``reasons`` says what is wrong with each file."""
+    kind: str
+    first_sequence: int
+    last_sequence: int | None  # None: no later segment tells where the loss ends
+    segments: tuple[int, int]
+    reasons: tuple[str, ...]
+
+    def __str__(self) -> str:
+        first, last = self.segments
+        segments = f"segment {first}" if first == last else f"segments {first}-{last}"
+        sequences = (f"from {self.first_sequence}" if self.last_sequence is None
+                     else f"{self.first_sequence}-{self.last_sequence}")
+        return (f"WAL sequences {sequences} ({segments}, removed from the WAL:"
+                f" {'; '.join(self.reasons)})")
+
+
+class LogGaps(StorageCorrupt):
+    """Rows of a log are lost for good (see :class:`Gap`); ``gaps`` lists them."""
+
+    def __init__(self, kind: str, gaps: list[Gap]):
+        super().__init__(f"the {kind} log is missing rows: {', '.join(map(str, gaps))}")
+        self.gaps = gaps
+
+
 def read_log(store_path: str | os.PathLike, kind: str = "decisions",
-             since: int | None = None) -> pa.Table:
+             since: int | None = None, *, allow_gaps: bool = False) -> pa.Table:
     """Every row of the ``kind`` log ("decisions", "feedback" or "audit"), in WAL order.
 
     Joins the log files with the rows of every segment that has none (the live one, and
-    any a crash left without logs), converted from the WAL on the fly. Files of segments
-    that retention removed from the WAL are kept and included. With ``since``, only rows
-    with ``wal_sequence > since``. Works while an engine has the store open.
+    any a crash left without logs), converted from the WAL on the fly. A log file that
+    cannot be read (see :func:`read_log_file`) is replaced the same way while its segment
+    is in the WAL. Files of segments that retention removed from the WAL are kept and
+    included. With ``since``, only rows with ``wal_sequence > since``. Works while an
+    engine has the store open.
+
+    Raises :class:`StorageCorrupt` if the WAL is damaged, :class:`StorageError` if the
+    store cannot be read, and :class:`LogGaps` if rows after ``since`` are lost (a removed segment whose file is missing or damaged); with
+    ``allow_gaps=True`` the rows that are left are returned and the gaps logged.
     """
+    table, gaps = _read_log(store_path, kind, since)
+    if gaps and not allow_gaps:
+        raise LogGaps(kind, gaps)
+    for gap in gaps:
+        log.warning("the %s log is missing rows: %s", kind, gap)
+    return table
+
+
+def _read_log(store_path: str | os.PathLike, kind: str,
+              since: int | None) -> tuple[pa.Table, list[Gap]]:
     _check_kind(kind)
     _check_since(since)
     store = check_store(store_path)
-    segments = wal_segments(store)
-    logged = _numbered_files(store / LOGS_DIR / kind, _LOG_FILE)
-    live = max(segments, default=None)
-    configs = StoreConfigs(store)
-    parts = []
-    for number in sorted(segments.keys() | logged.keys()):
-        if number in logged and number != live:
-            parts.append(read_arrow(logged[number]))
-            continue
-        try:
-            # The live segment may end in a record that is still being written.
-            records = segment_records(segments[number], sealed=number != live)
-        except FileNotFoundError:
-            # Retention removed it since the listing: its files are complete by now, or it
-            # never had any to lose.
-            path = log_path(store, kind, segments[number])
-            if path.exists():
-                parts.append(read_arrow(path))
-            continue
-        except WalCorrupt as exc:
-            raise StorageCorrupt(f"WAL damaged: {exc}") from None
-        converter = _Converter(configs, installed=configs.installed)
-        parts.append(converter.add_all(records).tables()[kind])
+    try:
+        parts, lost = _LogReader(store, kind).read()
+    except OSError as exc:  # a directory or segment we may not read: not the output's fault
+        raise StorageError(f"cannot read the store {str(store)!r}: {exc}") from None
     table = pa.concat_tables(parts) if parts else SCHEMAS[kind].empty_table()
     if since is not None:
         later = pc.greater(table.column("wal_sequence"), pa.scalar(since, pa.uint64()))
         table = table.filter(later)
-    return table
+    # A loss that ends at or before ``since`` takes no row the caller asked for.
+    gaps = [gap for gap in lost
+            if since is None or gap.last_sequence is None or gap.last_sequence > since]
+    return table, gaps
+
+
+class _LogReader:
+    """Reads one log of a store segment by segment, noting the segments whose rows are lost."""
+
+    def __init__(self, store: Path, kind: str):
+        self.store = store
+        self.kind = kind
+        self.segments = wal_segments(store)
+        self.live = max(self.segments, default=None)
+        self.configs = StoreConfigs(store)
+        self._spans: dict[int, tuple[int | None, int | None]] = {}
+
+    def read(self) -> tuple[list[pa.Table], list[Gap]]:
+        files = log_files(self.store, self.kind)
+        parts: list[pa.Table] = []
+        lost: dict[int, str] = {}  # segment number -> why its rows are lost
+        after = 0  # the last sequence read: each part must come after it
+        top = max(self.segments.keys() | files.keys(), default=0)
+        for number in range(1, top + 1):
+            table, why = self._segment(number, files.get(number), after)
+            if table is None:
+                lost[number] = why
+                continue
+            parts.append(table)
+            if table.num_rows:
+                after = table.column("wal_sequence")[-1].as_py()
+        return parts, self._gaps(lost)
+
+    def _segment(self, number: int, path: Path | None, after: int) -> tuple[pa.Table | None, str]:
+        """The rows of segment ``number``, or None and why they are lost."""
+        in_wal = number in self.segments
+        if path is not None and number != self.live:
+            try:
+                first, last = self.span(number) if in_wal else (None, None)
+                within = (first, last) if first is not None and last is not None else None
+                table = read_log_file(path, self.kind, within=within, after=after)
+                if within is None or self._complete(number, table, within):
+                    return table, ""
+                why = f"the Arrow logs of WAL segment {number} do not hold each of its records"
+            except StorageCorrupt as exc:
+                why = str(exc)
+            if in_wal:
+                log.warning("%s; reading its segment from the WAL instead", why)
+        else:
+            why = f"{self._relative(number)} is missing"
+        if not in_wal:
+            return None, why
+        try:
+            # The live segment may end in a record that is still being written.
+            records = segment_records(self.segments[number], sealed=number != self.live)
+        except FileNotFoundError:
+            # Retention removed it since the listing, after its files were written.
+            path = log_path(self.store, self.kind, self.segments[number])
+            try:
+                return read_log_file(path, self.kind, after=after), ""
+            except StorageCorrupt as exc:
+                return None, f"its WAL segment was removed while it was read, and {exc}"
+        except WalCorrupt as exc:
+            raise StorageCorrupt(f"WAL damaged: {exc}") from None
+        converter = _Converter(self.configs, installed=self.configs.installed)
+        return converter.add_all(records).tables()[self.kind], ""
+
+    def _complete(self, number: int, table: pa.Table, span: tuple[int, int]) -> bool:
+        """Whether the segment's three files hold each sequence of ``span`` once: a file
+        can read well and still lack rows (an empty table has the right schema)."""
+        sequences = [table.column("wal_sequence")]
+        for kind in LOG_KINDS:
+            if kind != self.kind:
+                path = log_path(self.store, kind, self.segments[number])
+                try:
+                    other = read_log_file(path, kind, full=False, within=span)
+                except StorageCorrupt:
+                    return False
+                sequences.append(other.column("wal_sequence"))
+        return _covers(sequences, *span)
+
+    def _relative(self, number: int) -> str:
+        return f"{LOGS_DIR}/{self.kind}/wal-{number:016d}{SUFFIX}"
+
+    def span(self, number: int) -> tuple[int | None, int | None]:
+        """(first, last) sequence of segment ``number``, each None where nothing tells."""
+        if number not in self._spans:
+            self._spans[number] = self._find_span(number)
+        return self._spans[number]
+
+    def _find_span(self, number: int) -> tuple[int | None, int | None]:
+        path = self.segments.get(number)
+        if path is not None:
+            try:
+                first = _segment_first_sequence(path)
+                if number == self.live:
+                    return first, None
+                if number + 1 in self.segments:
+                    return first, _segment_first_sequence(self.segments[number + 1]) - 1
+                records = segment_records(path)
+                return first, (records[-1].sequence if records else first - 1)
+            except (StorageCorrupt, WalCorrupt, OSError):
+                pass  # unreadable or removed meanwhile: let its log files tell
+        # The three files of a segment together hold each of its sequences once.
+        bounds = []
+        for kind in LOG_KINDS:
+            try:
+                table = read_log_file(log_path(self.store, kind, f"wal-{number:016d}.seg"),
+                                      kind, full=False)
+            except StorageCorrupt:
+                continue
+            if table.num_rows:
+                sequences = table.column("wal_sequence")
+                bounds += [sequences[0].as_py(), sequences[-1].as_py()]
+        return (min(bounds), max(bounds)) if bounds else (None, None)
+
+    def _gaps(self, lost: dict[int, str]) -> list[Gap]:
+        gaps = []
+        numbers = sorted(lost)
+        top = max(self.segments.keys() | lost.keys())
+        while numbers:
+            first = last = numbers.pop(0)
+            while numbers and numbers[0] == last + 1:
+                last = numbers.pop(0)
+            before = next((end for n in range(first - 1, 0, -1)
+                           if (end := self.span(n)[1]) is not None), 0)
+            after = next((start for n in range(last + 1, top + 1)
+                          if (start := self.span(n)[0]) is not None), None)
+            reasons = tuple(lost[n] for n in range(first, last + 1))
+            gaps.append(Gap(self.kind, before + 1, None if after is None else after - 1,
+                            (first, last), reasons))
+        return gaps
+
+
+def _segment_first_sequence(path: Path) -> int:
+    """The first sequence a segment's header names (docs/wal-format.md: u64 at offset 24)."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(32)
+    except OSError as exc:
+        raise StorageCorrupt(f"WAL segment {path} cannot be read: {exc}") from None
+    if len(header) < 32:
+        raise StorageCorrupt(f"WAL damaged: segment {path} has no complete header")
+    return int.from_bytes(header[24:32], "little")
 
 
 # --- export ------------------------------------------------------------------------------
@@ -581,6 +844,7 @@ class Export:
     rows: int
     first_sequence: int | None  # None when no row was written
     last_sequence: int | None
+    gaps: tuple[Gap, ...] = ()  # rows lost for good, left out (only with allow_gaps)
 
 
 def export_format(path: str | os.PathLike) -> str:
@@ -595,12 +859,15 @@ def export_format(path: str | os.PathLike) -> str:
 
 
 def export_log(store_path: str | os.PathLike, out: str | os.PathLike, *, kind: str = "decisions",
-               since: int | None = None) -> Export:
+               since: int | None = None, allow_gaps: bool = False) -> Export:
     """Write the ``kind`` log (see :func:`read_log`) to ``out``: an Arrow IPC file or
     Parquet, by the extension. The file appears complete or not at all; OSError if it
-    cannot be written."""
+    cannot be written, :class:`LogGaps` if rows are lost, unless ``allow_gaps`` (then
+    :attr:`Export.gaps` lists them)."""
     fmt = export_format(out)
-    table = read_log(store_path, kind, since)
+    table, gaps = _read_log(store_path, kind, since)
+    if gaps and not allow_gaps:
+        raise LogGaps(kind, gaps)
     out = Path(out)
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -615,11 +882,13 @@ def export_log(store_path: str | os.PathLike, out: str | os.PathLike, *, kind: s
         path=out, format=fmt, kind=kind, rows=table.num_rows,
         first_sequence=pc.min(sequences).as_py() if table.num_rows else None,
         last_sequence=pc.max(sequences).as_py() if table.num_rows else None,
+        gaps=tuple(gaps),
     )
 
 
 __all__ = [
     "AUDIT_SCHEMA", "DECISIONS_SCHEMA", "FEEDBACK_SCHEMA", "LOG_KINDS", "SCHEMAS", "Export",
-    "NotAStore", "SegmentLogWriter", "StoreConfigs", "check_store", "convert", "export_log",
-    "export_format", "log_path", "read_arrow", "read_log", "segment_records", "wal_segments",
+    "Gap", "LogGaps", "LogWriteFailed", "NotAStore", "SegmentLogWriter", "StoreConfigs",
+    "check_store", "convert", "export_log", "export_format", "log_files", "log_path",
+    "read_arrow", "read_log", "read_log_file", "segment_records", "wal_segments",
 ]
