@@ -7,9 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syntra.engine import MAX_OPTION_NAME, MAX_OPTIONS
+from syntra.capsule import MAX_OPTION_NAME, MAX_OPTIONS
 from syntra.errors import SyntraError
-from syntra.simulate import CURVE_POINTS, InvalidSimulation, PlottingUnavailable, simulate
+from syntra.simulate import (
+    CURVE_POINTS,
+    InvalidSimulation,
+    PlottingUnavailable,
+    simulate,
+)
 
 OPTIONS = ["a", "b", "c"]
 MEANS = [0.2, 0.5, 0.7]

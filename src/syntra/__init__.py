@@ -10,7 +10,10 @@ how the choice worked out, and Syntra learns per context which option wins.
 True
 """
 
-from syntra.engine import Capsule, Engine, RewardSpec
+from syntra_core.learner import Decision
+
+from syntra.capsule import Capsule, RewardSpec
+from syntra.engine import Engine
 from syntra.errors import (
     CapsuleExists,
     DuplicateFeedback,
@@ -23,7 +26,6 @@ from syntra.errors import (
     UnknownDecision,
 )
 from syntra.names import CapsuleName
-from syntra_core.learner import Decision
 
 __version__ = "0.1.0"
 

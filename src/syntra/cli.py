@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from syntra import __version__
-from syntra.engine import ALGORITHMS
+from syntra.capsule import ALGORITHMS
 from syntra.errors import SyntraError
 
 if TYPE_CHECKING:
@@ -88,7 +88,12 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from syntra.simulate import InvalidSimulation, check_plot_path, plot_regret, simulate
+    from syntra.simulate import (
+        InvalidSimulation,
+        check_plot_path,
+        plot_regret,
+        simulate,
+    )
 
     try:
         if args.plot:

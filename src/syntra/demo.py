@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from syntra_core.rng import RandomStream
+
 from syntra.engine import Engine
 from syntra.simulate import InvalidSimulation
-from syntra_core.rng import RandomStream
 
 DEFAULT_ROUNDS = 3000
 MAX_ROUNDS = 10**6

@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syntra.engine import ALGORITHMS, Engine, _check_context, _check_options
-from syntra.errors import InvalidConfig, InvalidContext, SyntraError
 from syntra_core.rng import RandomStream
+
+from syntra.capsule import ALGORITHMS, _check_context, _check_options
+from syntra.engine import Engine
+from syntra.errors import InvalidConfig, InvalidContext, SyntraError
 
 MAX_ROUNDS = 10**8
 CURVE_POINTS = 200
