@@ -372,7 +372,8 @@ def test_a_segment_whose_logs_cannot_be_written_holds_the_watermark_back(store, 
     for n in (2, 4):
         for kind in LOG_KINDS:
             log_path(path, kind, sealed[n]).unlink()
-    monkeypatch.setattr(logs, "write_atomically", failing_for(sealed[2], logs.write_atomically))
+    monkeypatch.setattr(logs.writer, "write_atomically",
+                        failing_for(sealed[2], logs.writer.write_atomically))
 
     through, writer, segments = catch_up(path)
 
@@ -394,7 +395,8 @@ def test_the_watermark_stops_at_the_first_segment_when_it_fails(store, tmp_path,
     path = tmp_path / "db"
     sealed = copy_store(store, path)
     log_path(path, "decisions", sealed[0]).write_bytes(b"garbage")
-    monkeypatch.setattr(logs, "write_atomically", failing_for(sealed[0], logs.write_atomically))
+    monkeypatch.setattr(logs.writer, "write_atomically",
+                        failing_for(sealed[0], logs.writer.write_atomically))
     assert catch_up(path)[0] == 0  # the log starts at 1: nothing is handled
 
 

@@ -17,7 +17,8 @@ from syntra.cli import main
 from syntra.store import checkpoint as ckpt
 from syntra.store.records import DecisionRecord, RecordType
 from syntra.verify import verify_store
-from syntra_core.wal import ChainHasher, Wal, scan
+from syntra_core.wal import Wal, scan
+from syntra_core.wal_format import ChainHasher
 
 ROUTER = "tenants/acme/jobs/llm/capsules/router"
 RETRY = "tenants/acme/jobs/retry/capsules/policy"

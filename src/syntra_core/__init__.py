@@ -9,4 +9,7 @@ modules ``cimport`` each other at C level:
   microcents, ranking, digests).
 * :mod:`syntra_core.bandits`: sufficient statistics per context and the decision rules.
 * :mod:`syntra_core.learner`: one capsule's decide/feedback loop and its decision ledger.
+* :mod:`syntra_core.wal_format`: the write-ahead log's bytes: frames, segment headers,
+  the hash chain, and the verified read side (scan, verify).
+* :mod:`syntra_core.wal`: the WAL writer: group commit, rotation, recovery, retention.
 """

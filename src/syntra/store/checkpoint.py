@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from syntra.errors import InvalidConfig, StorageCorrupt
-from syntra.store.files import fsync_directory, make_directory, write_atomically
+from syntra.store.files import fsync_directory, make_directory, remove_leftovers, write_atomically
 from syntra.store.state import PREFIX, decode_state, encode_state
 
 log = logging.getLogger("syntra.store")
@@ -206,10 +206,10 @@ def load_latest(directory: Path, verify_key: Ed25519PublicKey | None = None) -> 
 
 def prune(directory: Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` checkpoints (and stale temporary files)."""
-    removed = []
-    for path in list_checkpoints(directory)[keep:] + sorted(directory.glob(f".ckpt-*{SUFFIX}.*.tmp")):
+    removed = list_checkpoints(directory)[keep:]
+    for path in removed:
         path.unlink(missing_ok=True)
-        removed.append(path)
+    removed += remove_leftovers(directory)
     if removed:
         fsync_directory(directory)
     return removed

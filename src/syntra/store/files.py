@@ -29,6 +29,16 @@ def make_directory(directory: Path) -> None:
         fsync_directory(path.parent)
 
 
+def remove_leftovers(directory: Path) -> list[Path]:
+    """Delete the temporary files that interrupted :func:`write_atomically` calls left."""
+    if not directory.is_dir():
+        return []
+    leftovers = sorted(directory.glob(".*.tmp"))
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return leftovers
+
+
 def write_atomically(path: Path, write: Callable[[BinaryIO], None], *, sync: bool = True) -> None:
     """Create ``path`` with ``write(file)``: a temporary file, fsync, rename, directory fsync.
 

@@ -1,0 +1,155 @@
+"""Writing the Arrow logs of sealed WAL segments: :class:`SegmentLogWriter`.
+
+It writes a segment's three files once the WAL seals it, checks them all at open
+(:meth:`~SegmentLogWriter.catch_up`), and tells retention through ``handled_through``
+which segments are safe to remove.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+
+from syntra.errors import StorageCorrupt, StorageError
+from syntra.store.files import make_directory, remove_leftovers, write_atomically
+from syntra.store.logs.layout import (
+    LOGS_DIR,
+    _covers,
+    _write_arrow,
+    log_path,
+    read_log_file,
+    segment_records,
+)
+from syntra.store.logs.schemas import LOG_KINDS, Resolve, convert
+from syntra_core.wal import WalCorrupt
+
+log = logging.getLogger("syntra.store")
+
+
+class LogWriteFailed(StorageError):
+    """The Arrow logs of a WAL segment could not be written (I/O error, disk full).
+
+    The WAL still holds the segment's records; the next :meth:`SegmentLogWriter.catch_up`
+    tries again, and retention must keep the segment until then.
+    """
+
+
+class SegmentLogWriter:
+    """Writes the Arrow logs of sealed WAL segments into ``<store_path>/logs/``.
+
+    ``resolve(uid)`` returns the install config of any capsule ever installed (an engine
+    passes ``engine.capsule_config``); install records in the segment itself are used
+    first, so a capsule installed just before a seal needs no lookup. Thread-safe.
+
+    ``handled_through`` is the last WAL sequence through which every segment, from the
+    first one :meth:`catch_up` saw, has complete and valid log files: a segment whose logs
+    failed holds it back until a later catch-up writes them. Retention must never remove a
+    segment above it. It is 0 until :meth:`catch_up` runs.
+    """
+
+    def __init__(self, store_path: str | os.PathLike, resolve: Resolve):
+        self.store_path = Path(store_path)
+        self._resolve = resolve
+        self._lock = threading.Lock()
+        self.handled_through = 0
+        self._next = 1  # number of the segment handled_through waits for
+        self._done: dict[int, int] = {}  # segment number -> last sequence, beyond _next
+
+    def write(self, segment) -> list[Path]:
+        """Make the log files of a sealed segment (a ``SegmentInfo``) complete and valid;
+        return the files written.
+
+        A file that exists is kept if it checks out (:func:`read_log_file`, and the three
+        files together hold each sequence of the segment once); a missing or bad one is
+        written from the WAL, atomically. Returns [] when all three were fine. On success
+        the segment counts as handled (see ``handled_through``). Raises, and the segment
+        stays unhandled, :class:`StorageCorrupt` if the segment's records cannot be read
+        or converted, :class:`LogWriteFailed` if a file cannot be written.
+        """
+        if not segment.sealed:
+            raise ValueError(
+                f"segment {segment.number} is live: only sealed segments get log files")
+        with self._lock:
+            self._done.pop(segment.number, None)
+            written = self._write(segment)
+            if segment.number >= self._next:
+                self._done[segment.number] = segment.last_sequence
+            while self._next in self._done:
+                self.handled_through = self._done.pop(self._next)
+                self._next += 1
+            return written
+
+    def _write(self, segment) -> list[Path]:
+        paths = {kind: log_path(self.store_path, kind, segment.path) for kind in LOG_KINDS}
+        span = (segment.first_sequence, segment.last_sequence)
+        kept: dict[str, pa.Table] = {}
+        for kind, path in paths.items():
+            if not os.path.exists(path):
+                continue
+            try:
+                kept[kind] = read_log_file(path, kind, full=False, within=span)
+            except StorageCorrupt as exc:
+                log.warning("%s; rewriting it from the WAL", exc)
+        if len(kept) == len(paths) and _covers(
+                [table.column("wal_sequence") for table in kept.values()], *span):
+            return []
+        tables = self._convert(segment)
+        written = []
+        for kind, path in paths.items():
+            if kind in kept and kept[kind].equals(tables[kind]):
+                continue
+            if kind in kept:  # readable, but not this segment's rows
+                log.warning("Arrow log %s does not match its WAL segment; rewriting it", path)
+            try:
+                make_directory(path.parent)
+                write_atomically(path, _write_arrow(tables[kind]))
+            except OSError as exc:
+                raise LogWriteFailed(f"cannot write Arrow log {path}: {exc}") from None
+            written.append(path)
+        return written
+
+    def _convert(self, segment) -> dict[str, pa.Table]:
+        try:
+            records = segment_records(segment.path)
+        except WalCorrupt as exc:
+            raise StorageCorrupt(f"WAL damaged: {exc}") from None
+        except OSError as exc:
+            raise LogWriteFailed(f"cannot read WAL segment {segment.path}: {exc}") from None
+        return convert(records, self._resolve)
+
+    def catch_up(self, wal) -> int:
+        """Check the log files of every sealed segment of ``wal``, write the missing or bad
+        ones, and return ``handled_through``.
+
+        Run at open, so a crash between a seal and its logs loses no log for good, and a
+        damaged file is replaced while its segment is still there. A segment that fails is
+        logged at ERROR and holds the watermark back (later segments are still written):
+        the WAL keeps its records, and the next catch-up tries again.
+        """
+        self._remove_leftovers()
+        segments = list(wal.segments)
+        if not segments:
+            return self.handled_through
+        with self._lock:
+            # Start over from the first segment there is: each is checked again below, and
+            # what a seal handler finished meanwhile is kept.
+            self._next = segments[0].number
+            self.handled_through = segments[0].first_sequence - 1
+            self._done = {n: last for n, last in self._done.items() if n >= self._next}
+        for segment in segments:
+            if not segment.sealed:
+                continue
+            try:
+                self.write(segment)
+            except Exception as exc:  # noqa: BLE001 (one segment must not stop the others)
+                log.error("cannot write the Arrow logs of WAL segment %s: %s: %s",
+                          segment.path, type(exc).__name__, exc)
+        return self.handled_through
+
+    def _remove_leftovers(self) -> None:
+        for kind in LOG_KINDS:
+            remove_leftovers(self.store_path / LOGS_DIR / kind)
