@@ -19,7 +19,7 @@ True
 1
 
 Concurrency: in memory, ``decide`` and ``feedback`` run in compiled code that holds the GIL
-from start to end, so each call is atomic with respect to other Python threads (this relies
+for the whole call, so each call is atomic with respect to other Python threads (this relies
 on the GIL). A durable capsule also takes its own lock, so the order of its records in the
 log is the order in which they were applied.
 
