@@ -240,6 +240,20 @@ def test_report_leader_is_the_most_played_option(cap):
     assert cap.report()["contexts"]["k"]["best_option"] == max(pulls, key=pulls.get)
 
 
+@pytest.mark.parametrize("winner", ["cheap_fast", "balanced"])
+def test_report_leader_breaks_a_tie_on_plays_by_the_higher_mean(cap, winner):
+    # With no feedback yet, every decision is drawn from the same (uniform) probabilities.
+    decisions = [cap.decide("k") for _ in range(600)]
+    for option in ("cheap_fast", "balanced"):
+        chosen = [d for d in decisions if d.option == option][:50]
+        assert len(chosen) == 50
+        for d in chosen:
+            cap.feedback(d.decision_id, 1.0 if option == winner else 0.0)
+    context = cap.report()["contexts"]["k"]
+    assert context["pulls"]["cheap_fast"] == context["pulls"]["balanced"] == 50
+    assert context["best_option"] == winner
+
+
 def test_continuous_rewards(cap):
     eng = Engine.memory()
     c = eng.install(NAME, options=["a", "b"], reward={"type": "continuous", "range": [-5, 5]})

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from syntra_core.bandits import UCB1, ArmTable, BetaThompson
+from syntra_core.bandits import DEFAULT_SAMPLES, MAX_ARMS, UCB1, ArmTable, BetaThompson
 from syntra_core.learner import Decision, FeedbackStatus, Learner
 
 from syntra.errors import (
@@ -29,7 +29,7 @@ from syntra.errors import (
 )
 from syntra.store.records import DecisionRecord, FeedbackRecord, RecordType
 
-MAX_OPTIONS = 256
+MAX_OPTIONS = MAX_ARMS
 MAX_OPTION_NAME = 128
 MAX_CONTEXT_KEY = 256
 # Rewards are summed in float64: bounding them keeps sums and squares finite.
@@ -86,10 +86,10 @@ def _check_settings(algorithm: object, settings: Mapping[str, Any] | None, n_opt
                 f"{algorithm} setting {name} must be in {bracket}{spec.low:g}, {spec.high:g}], got {value!r}"
             )
         checked[name] = number
-    if algorithm == "thompson" and checked.get("samples", 128) * n_options > MAX_THOMPSON_DRAWS:
+    if algorithm == "thompson" and checked.get("samples", DEFAULT_SAMPLES) * n_options > MAX_THOMPSON_DRAWS:
         raise InvalidConfig(
             f"thompson samples x options must be at most {MAX_THOMPSON_DRAWS}, got"
-            f" {checked.get('samples', 128)} x {n_options}"
+            f" {checked.get('samples', DEFAULT_SAMPLES)} x {n_options}"
         )
     return checked
 

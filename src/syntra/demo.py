@@ -276,21 +276,13 @@ def _outcome(context: str, options: tuple[str, ...], means: tuple[float, ...],
     earned = sum(pulls[o] * m for o, m in learned["mean_reward"].items() if m is not None)
     return ContextOutcome(
         context=context,
-        learned_best=_most_played(pulls, learned["mean_reward"]),
+        learned_best=learned["best_option"],  # the most played option, per Capsule.report
         true_best=true_best,
         true_best_share=pulls[true_best] / total,
         mean_reward=earned / total,
         pulls=dict(pulls),
         true_means=dict(zip(options, means)),
     )
-
-
-def _most_played(pulls: dict[str, int], means: dict[str, float | None]) -> str | None:
-    """The option played most, a tie going to the higher mean; None if nothing was played."""
-    played = [option for option, count in pulls.items() if count]
-    if not played:
-        return None
-    return max(played, key=lambda option: (pulls[option], means[option]))
 
 
 def _bernoulli_reward(world: RandomStream, mean: float) -> float:

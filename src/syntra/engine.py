@@ -30,6 +30,7 @@ the same calls give the same options and propensities, not the same ids.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -130,30 +131,49 @@ class Engine:
         return engine
 
     @classmethod
+    def _from_identity(cls, identity: dict[str, Any], store=None) -> Engine:
+        """An empty engine with the seed and nonce of an engine record or checkpoint."""
+        return cls(seed=identity["seed"], _store=store, _nonce=bytes.fromhex(identity["nonce"]))
+
+    @classmethod
     def _recover(cls, store, seed: int | None) -> Engine:
         checkpoint = store.load_checkpoint()
-        identity = checkpoint.engine if checkpoint else None
-        first = next(iter(store.wal.read()), None) if checkpoint is None else None
-        if first is not None:
+        start = checkpoint.wal_sequence if checkpoint else 0
+        # One pass over the log: the record at the checkpoint's position (if still there)
+        # proves the checkpoint belongs to this chain, and replay continues from it.
+        records = iter(store.wal.read(from_sequence=max(start, 1)))
+        first = next(records, None)
+        if checkpoint is not None:
+            identity = checkpoint.engine
+            if start and first is not None and first.sequence == start:
+                if first.digest != checkpoint.head_digest:
+                    raise StorageCorrupt(
+                        f"checkpoint {checkpoint.path.name} records head digest"
+                        f" {checkpoint.head_digest.hex()} but WAL record {start} has {first.digest.hex()}"
+                    )
+                first = next(records, None)
+        elif first is not None:
             if first.rtype != RecordType.ENGINE_CREATED:
                 raise StorageCorrupt("the WAL does not start with an engine record")
             identity = decode_json(first.payload, first.rtype)
+        else:
+            identity = None
         if identity is None:
             engine = cls(seed=seed or 0, _store=store)
             store.record(RecordType.ENGINE_CREATED, encode_json(
                 {"format": 1, "seed": engine.seed, "nonce": engine.nonce.hex()}))
-        else:
-            if seed is not None and seed != identity["seed"]:
-                raise InvalidConfig(f"this store was created with seed {identity['seed']}, not {seed}")
-            engine = cls(seed=identity["seed"], _store=store, _nonce=bytes.fromhex(identity["nonce"]))
+            return engine
+        if seed is not None and seed != identity["seed"]:
+            raise InvalidConfig(f"this store was created with seed {identity['seed']}, not {seed}")
+        engine = cls._from_identity(identity, store)
         if checkpoint is not None:
             engine._load_checkpoint(checkpoint)
-        expected = store.last_checkpoint_sequence + 1
-        for record in store.wal.read(from_sequence=expected):
+        expected = start + 1
+        for record in itertools.chain((first,) if first is not None else (), records):
             if record.sequence != expected:
                 raise StorageCorrupt(
                     f"WAL records {expected}-{record.sequence - 1} are missing: the log after the"
-                    f" checkpoint at {expected - 1} does not continue where it ends"
+                    f" checkpoint at {start} does not continue where it ends"
                 )
             engine._replay(record)
             expected += 1
@@ -185,19 +205,16 @@ class Engine:
         elif rtype == RecordType.FEEDBACK:
             entry = FeedbackRecord.decode(record.payload)
             learner = self._replay_capsule(entry.capsule_uid, record)._learner
-            status = learner.feedback(learner.decision_id(entry.sequence), entry.reward)
+            status = learner.feedback_at(entry.sequence, entry.reward)
             if status:
                 raise StorageCorrupt(f"replay of WAL record {record.sequence} failed with status {status}")
         elif rtype == RecordType.CAPSULE_INSTALLED:
             config = decode_json(record.payload, rtype)
-            config.pop("ts_ns", None)
+            config.pop("ts_ns", None)  # when, not what: not part of the capsule's config
             self._register(config)
-            self._installs[config["name"]] = config["install"] + 1
-            self._next_uid = max(self._next_uid, config["uid"] + 1)
         elif rtype == RecordType.CAPSULE_UNINSTALLED:
             body = decode_json(record.payload, rtype)
-            capsule = self._replay_capsule(body["uid"], record)
-            del self._capsules[capsule.name], self._by_uid[capsule.uid]
+            self._unregister(self._replay_capsule(body["uid"], record))
         elif rtype not in (RecordType.ENGINE_CREATED, RecordType.AUDIT):
             raise StorageCorrupt(f"WAL record {record.sequence} has unknown type {rtype}")
 
@@ -207,12 +224,22 @@ class Engine:
         except KeyError:
             raise StorageCorrupt(f"WAL record {record.sequence} names unknown capsule uid {uid}") from None
 
-    def _register(self, config: dict[str, Any]) -> Capsule:
-        capsule = DurableCapsule(config, self._store) if self._store else Capsule(config)
+    def _build(self, config: dict[str, Any]) -> Capsule:
+        return DurableCapsule(config, self._store) if self._store else Capsule(config)
+
+    def _register(self, config: dict[str, Any], capsule: Capsule | None = None) -> Capsule:
+        """Make ``capsule`` (built from ``config`` if not given) installed, with its bookkeeping."""
+        capsule = capsule or self._build(config)
         self._capsules[capsule.name] = capsule
         self._by_uid[capsule.uid] = capsule
         self._configs[capsule.uid] = config
+        self._installs[capsule.name] = max(self._installs.get(capsule.name, 0), config["install"] + 1)
+        self._next_uid = max(self._next_uid, capsule.uid + 1)
         return capsule
+
+    def _unregister(self, capsule: Capsule) -> None:
+        del self._capsules[capsule.name], self._by_uid[capsule.uid]
+        capsule._retire()
 
     def capsule_config(self, uid: int) -> dict[str, Any]:
         """The install config of capsule ``uid``, installed now or in the past."""
@@ -260,16 +287,11 @@ class Engine:
                 "tag": _derive(b"capsule-tag", self.nonce, encoded, install.to_bytes(8, "little"), size=8).hex(),
             }
             # Build first, so invalid settings fail before anything is logged.
-            capsule = DurableCapsule(config, self._store) if self._store else Capsule(config)
+            capsule = self._build(config)
             if self._store:
                 self._store.record(RecordType.CAPSULE_INSTALLED,
                                    encode_json({**config, "ts_ns": time.time_ns()}))
-            self._capsules[key] = capsule
-            self._by_uid[capsule.uid] = capsule
-            self._configs[capsule.uid] = config
-            self._installs[key] = install + 1
-            self._next_uid += 1
-        return capsule
+            return self._register(config, capsule)
 
     def capsule(self, name: str) -> Capsule:
         """The capsule installed under ``name``."""
@@ -288,8 +310,7 @@ class Engine:
         with self._lock:
             capsule = self.capsule(name)
             if not self._store:
-                del self._capsules[name], self._by_uid[capsule.uid]
-                capsule._retire()
+                self._unregister(capsule)
                 return
             # The capsule's lock too, so no decision or feedback of it lands in the log after
             # the uninstall record (replay would not know the capsule any more).
@@ -297,8 +318,7 @@ class Engine:
                 self._store.check()
                 self._store.record(RecordType.CAPSULE_UNINSTALLED, encode_json(
                     {"uid": capsule.uid, "name": capsule.name, "ts_ns": time.time_ns()}))
-                del self._capsules[name], self._by_uid[capsule.uid]
-                capsule._retire()
+                self._unregister(capsule)
 
     def __contains__(self, name: object) -> bool:
         return name in self._capsules

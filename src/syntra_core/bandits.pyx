@@ -54,6 +54,7 @@ import operator
 import numpy as np
 
 MAX_ARMS = 256
+DEFAULT_SAMPLES = 128  # posterior draws behind each BetaThompson probability estimate
 
 
 cdef void* _resize(void* block, size_t size) except NULL:
@@ -303,7 +304,7 @@ cdef class BetaThompson(Rule):
     """
 
     def __cinit__(self, ArmTable table not None, double prior_a=1.0, double prior_b=1.0,
-                  int samples=128, double max_staleness=1.0 / 32):
+                  int samples=DEFAULT_SAMPLES, double max_staleness=1.0 / 32):
         for name, value in (("prior_a", prior_a), ("prior_b", prior_b)):
             if not isfinite(value) or value <= 0.0:
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -444,24 +445,24 @@ cdef class UCB1(Rule):
         cdef double width = self.table.reward_high - low
         cdef double log_total = log(<double>self.table.row_pulls[row]) if self.table.row_pulls[row] > 0 else 0.0
         cdef double best_score = -INFINITY
-        cdef double score
+        cdef double scores[256]
         cdef int k, ties = 0, chosen = 0, pick
-        # Two passes: find the best score and count ties, then pick one tie uniformly.
         for k in range(n):
-            score = _ucb_score(&s[k], low, width, log_total, self.exploration)
-            if score > best_score:
-                best_score = score
+            scores[k] = _ucb_score(&s[k], low, width, log_total, self.exploration)
+            if scores[k] > best_score:
+                best_score = scores[k]
+                chosen = k
                 ties = 1
-            elif score == best_score:
+            elif scores[k] == best_score:
                 ties += 1
-        pick = <int>next_below(st, <uint64_t>ties) if ties > 1 else 0
-        for k in range(n):
-            score = _ucb_score(&s[k], low, width, log_total, self.exploration)
-            if score == best_score:
-                if pick == 0:
-                    chosen = k
-                    break
-                pick -= 1
+        if ties > 1:  # pick one of the tied arms uniformly
+            pick = <int>next_below(st, <uint64_t>ties)
+            for k in range(n):
+                if scores[k] == best_score:
+                    if pick == 0:
+                        chosen = k
+                        break
+                    pick -= 1
         propensity[0] = 1.0 / ties
         return chosen
 

@@ -10,7 +10,7 @@ ctypedef struct LedgerEntry:
     int16_t arm
     uint8_t state        # ENTRY_PENDING or ENTRY_DONE
     uint8_t reserved     # the struct's padding byte, kept 0 so exported state is deterministic
-    double propensity
+    double propensity    # as served; off-policy evaluation of late feedback needs it
 
 
 cpdef enum FeedbackStatus:

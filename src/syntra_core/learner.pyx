@@ -52,6 +52,13 @@ cdef inline int _hex_value(Py_UCS4 c) noexcept:
     return -1
 
 
+def format_decision_id(uint64_t sequence, str tag not None):
+    """The decision id of ``sequence`` in the capsule install with ``tag`` (16 hex digits)."""
+    if len(tag) != TAG_LENGTH or any(_hex_value(c) < 0 for c in tag):
+        raise ValueError(f"tag must be {TAG_LENGTH} lowercase hex digits, got {tag!r}")
+    return f"{sequence:016x}-{tag}"
+
+
 cdef class Decision:
     """What a capsule decided: read-only.
 
@@ -82,13 +89,12 @@ cdef class Learner:
     """Decide and learn for one capsule. See the module docs for the id scheme.
 
     ``options`` names the arms of ``rule.table`` in order. ``tag`` is 16 lowercase hex
-    digits that identify this capsule install inside decision ids. ``first_sequence``
-    lets a recovered capsule continue where it stopped.
+    digits that identify this capsule install inside decision ids. A recovered capsule
+    continues where it stopped through :meth:`import_state`.
     """
 
     def __cinit__(self, str capsule not None, tuple options not None, Rule rule not None,
-                  uint64_t seed, str tag not None,
-                  uint64_t first_sequence=0):
+                  uint64_t seed, str tag not None):
         if len(options) != rule.table.n_arms:
             raise ValueError(f"{len(options)} option names for {rule.table.n_arms} arms")
         if len(tag) != TAG_LENGTH or any(_hex_value(c) < 0 for c in tag):
@@ -102,8 +108,8 @@ cdef class Learner:
         cdef int i
         for i in range(TAG_LENGTH):
             self.tag_ascii[i] = <char>ord(tag[i])
-        self.next_sequence = first_sequence
-        self.base_sequence = first_sequence
+        self.next_sequence = 0
+        self.base_sequence = 0
         self.pending = 0
         self.entries = NULL
         self.head = 0
@@ -164,6 +170,10 @@ cdef class Learner:
         cdef char buf[ID_LENGTH]
         self.format_id(sequence, buf)
         return PyUnicode_DecodeASCII(buf, ID_LENGTH, NULL)
+
+    def feedback_at(self, uint64_t sequence, double reward):
+        """:meth:`feedback` addressed by sequence (replay knows it); same statuses."""
+        return self.apply_feedback(sequence, reward)
 
     cdef void format_id(self, uint64_t sequence, char* out) noexcept nogil:
         cdef int i

@@ -24,13 +24,11 @@ True
 True
 """
 
-cimport numpy as cnp
 from libc.math cimport log, sqrt, pow, isfinite
 from libc.stdint cimport uint64_t
 
 import numpy as np
 
-cnp.import_array()
 
 cdef extern from "wide.h":
     uint64_t syntra_mul_u64(uint64_t a, uint64_t b, uint64_t* lo) noexcept nogil
