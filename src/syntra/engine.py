@@ -60,6 +60,7 @@ from syntra.store.records import (
     RecordType,
     decode_json,
     encode_json,
+    install_config,
 )
 from syntra.store.state import encode_state
 
@@ -209,9 +210,7 @@ class Engine:
             if status:
                 raise StorageCorrupt(f"replay of WAL record {record.sequence} failed with status {status}")
         elif rtype == RecordType.CAPSULE_INSTALLED:
-            config = decode_json(record.payload, rtype)
-            config.pop("ts_ns", None)  # when, not what: not part of the capsule's config
-            self._register(config)
+            self._register(install_config(record.payload))
         elif rtype == RecordType.CAPSULE_UNINSTALLED:
             body = decode_json(record.payload, rtype)
             self._unregister(self._replay_capsule(body["uid"], record))

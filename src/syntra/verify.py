@@ -63,13 +63,11 @@ from syntra.store.logs import (
     read_log_file,
     wal_segments,
 )
-from syntra.store.records import RecordType, decode_json
-from syntra.store.state import decode_state, encode_state
+from syntra.store.records import RecordType, decode_json, log_kind
+from syntra.store.state import encode_state
 from syntra_core.wal import WalCorrupt, scan
 from syntra_core.wal import verify as verify_chain
-
-# Where the previous-digest link sits in a segment header (docs/wal-format.md).
-_HEADER_PREVIOUS_DIGEST = slice(32, 64)
+from syntra_core.wal_format import segment_number
 
 
 @dataclass(frozen=True)
@@ -205,18 +203,9 @@ class _Verification:
         valid = []
         for path in sorted(ckpt.list_checkpoints(self.path / CHECKPOINTS_DIR)):
             try:
-                checkpoint = ckpt.read_checkpoint(path, self.key)
+                valid.append(ckpt.read_checkpoint(path, self.key))
             except StorageCorrupt as exc:
                 self.problems.append(Problem("checkpoint", str(exc), checkpoint=path.name))
-                continue
-            named = path.name.removeprefix("ckpt-").removesuffix(ckpt.SUFFIX)
-            if not named.isdigit() or int(named) != checkpoint.wal_sequence:
-                self.problems.append(Problem(
-                    "checkpoint", f"checkpoint {path.name}: holds WAL sequence"
-                    f" {checkpoint.wal_sequence}, which its file name does not say",
-                    checkpoint=path.name))
-                continue
-            valid.append(checkpoint)
         return valid
 
     def _check_against_log(self, checkpoints: list[ckpt.Checkpoint]) -> list[ckpt.Checkpoint]:
@@ -236,9 +225,7 @@ class _Verification:
                 placed.append(checkpoint)
 
         # The digest before the first record is the first segment header's link.
-        first_segment = next(iter(wal_segments(self.path).values()))
-        with open(first_segment, "rb") as file:
-            digests = {first - 1: file.read(64)[_HEADER_PREVIOUS_DIGEST]}
+        digests = {first - 1: self.chain.anchor_digest}
         wanted = {c.wal_sequence for c in placed}
         start = None
         if first > 1:
@@ -286,7 +273,7 @@ class _Verification:
         try:
             for record in scan(self.path / WAL_DIR):
                 self.logs.add(record)
-                self._count(record.rtype)
+                self.counts[log_kind(record.rtype)] += 1
                 if record.sequence in wanted:
                     digests[record.sequence] = record.digest
                 if failed or record.sequence <= self.replayed_from:
@@ -304,7 +291,7 @@ class _Verification:
                     continue
                 self.replayed += 1
                 if record.sequence in wanted:
-                    states[record.sequence] = _engine_state(engine)
+                    states[record.sequence] = engine.state_digest()
         except (WalCorrupt, OSError) as exc:  # changed since the chain was checked
             self.problems.append(Problem("wal", f"the WAL changed while it was verified: {exc}"))
         else:
@@ -320,29 +307,8 @@ class _Verification:
         else:
             self.scanned = True
 
-    def _count(self, rtype: int) -> None:
-        if rtype == RecordType.DECISION:
-            self.counts["decisions"] += 1
-        elif rtype == RecordType.FEEDBACK:
-            self.counts["feedback"] += 1
-        else:
-            self.counts["audit"] += 1
-
 
 # --- the Arrow logs ----------------------------------------------------------------------
-
-
-def _log_kind(rtype: int) -> str:
-    # The rows syntra.store.logs makes of each record type.
-    if rtype == RecordType.DECISION:
-        return "decisions"
-    if rtype == RecordType.FEEDBACK:
-        return "feedback"
-    return "audit"
-
-
-def _segment_number(path: str) -> int:
-    return int(Path(path).stem.removeprefix("wal-"))
 
 
 class _LogCheck:
@@ -365,7 +331,7 @@ class _LogCheck:
             self._compare()
             self._segment = record.segment
             self._rows = {kind: [] for kind in LOG_KINDS}
-        self._rows[_log_kind(record.rtype)].append((record.sequence, record.digest))
+        self._rows[log_kind(record.rtype)].append((record.sequence, record.digest))
 
     def finish(self, scanned: bool) -> None:
         """Check what the scan did not reach; ``scanned``: it saw every record."""
@@ -388,7 +354,7 @@ class _LogCheck:
     def _compare(self) -> None:
         if self._segment is None:
             return
-        number = _segment_number(self._segment)
+        number = segment_number(self._segment)
         for kind, expected in self._rows.items():
             path = self.files[kind].get(number)
             if path is None:
@@ -450,7 +416,7 @@ def _engine_from_first(record):
             f"the log starts with a {_type_name(record.rtype)} record, not ENGINE_CREATED")
     identity = decode_json(record.payload, record.rtype)
     try:
-        return Engine(seed=identity["seed"], _nonce=bytes.fromhex(identity["nonce"]))
+        return Engine._from_identity(identity)
     except (KeyError, TypeError, ValueError) as exc:
         raise StorageCorrupt(f"bad ENGINE_CREATED record: {exc!r}") from None
 
@@ -459,7 +425,7 @@ def _engine_from_checkpoint(start: ckpt.Checkpoint, digests: dict[int, bytes]):
     if digests.get(start.wal_sequence) != start.head_digest:
         raise StorageCorrupt(f"checkpoint {start.path.name}, the one to replay from, does not"
                              " match the log (see its own problem)")
-    engine = Engine(seed=start.engine["seed"], _nonce=bytes.fromhex(start.engine["nonce"]))
+    engine = Engine._from_identity(start.engine)
     engine._load_checkpoint(start)
     return engine
 
@@ -476,18 +442,9 @@ def _replay_message(record, exc: Exception) -> str:
     return f"replay of {_type_name(record.rtype)} record {record.sequence} failed: {what}"
 
 
-def _engine_state(engine: Engine) -> bytes:
-    meta, capsules = engine._snapshot()
-    # encode_state lays blobs out in dict order, and a checkpoint decodes with its keys
-    # sorted: a round trip gives the live state that same order.
-    return _state_digest(decode_state(encode_state({"engine": meta, "capsules": capsules})))
-
-
 def _checkpoint_state(checkpoint: ckpt.Checkpoint) -> bytes:
-    return _state_digest({"engine": checkpoint.engine, "capsules": checkpoint.capsules})
-
-
-def _state_digest(state: dict[str, Any]) -> bytes:
+    """The :meth:`Engine.state_digest` of the state a checkpoint holds."""
+    state = {"engine": checkpoint.engine, "capsules": checkpoint.capsules}
     return blake3.blake3(encode_state(state)).digest()
 
 

@@ -64,7 +64,7 @@ from syntra_core.wal_format cimport (
     DIGEST_SIZE,
     FRAME_OVERHEAD,
     SEGMENT_HEADER_SIZE,
-    SegmentHeader,
+    SegmentHeaderC,
     _checked_payload,
     _checked_type,
     _Walk,
@@ -205,7 +205,7 @@ cdef str _create_segment(str directory, uint64_t number, uint64_t first_sequence
                          const uint8_t* previous_digest, bint sync, ChainHasher hasher):
     """Create a segment holding only its header, atomically: a crash leaves either no
     file or a complete header, never a torn one."""
-    cdef SegmentHeader header
+    cdef SegmentHeaderC header
     cdef uint8_t raw[SEGMENT_HEADER_SIZE]
     header.number = number
     header.first_sequence = first_sequence

@@ -48,7 +48,7 @@ ctypedef struct FrameView:
     Py_ssize_t end                  # offset of the next frame
 
 
-ctypedef struct SegmentHeader:
+ctypedef struct SegmentHeaderC:
     uint64_t number
     uint64_t first_sequence
     uint8_t previous_digest[32]     # chain value before this segment's first record
@@ -58,9 +58,9 @@ cdef void encode_frame(uint8_t* out, uint16_t rtype, uint64_t sequence,
                        const uint8_t* payload, uint32_t length) noexcept nogil
 cdef FrameStatus decode_frame(const uint8_t* data, Py_ssize_t size, Py_ssize_t pos,
                               uint64_t expected_sequence, FrameView* out) noexcept nogil
-cdef void encode_segment_header(uint8_t* out, const SegmentHeader* header) noexcept nogil
+cdef void encode_segment_header(uint8_t* out, const SegmentHeaderC* header) noexcept nogil
 cdef HeaderStatus decode_segment_header(const uint8_t* data, Py_ssize_t size,
-                                        SegmentHeader* out) noexcept nogil
+                                        SegmentHeaderC* out) noexcept nogil
 cdef void chain_prefix(uint8_t* out, const uint8_t* previous_digest, uint16_t rtype,
                        uint64_t sequence) noexcept nogil
 
@@ -101,6 +101,7 @@ cdef class _Walk:
     cdef bint tail_allowed          # a torn tail at the end of the last file is legal
     cdef ChainHasher hasher
     cdef uint8_t chain[32]          # digest of the last record checked
+    cdef uint8_t anchor[32]         # the first header's previous digest: the chain's start
     cdef uint64_t next_sequence
     cdef uint64_t first_sequence
     cdef uint64_t previous_number

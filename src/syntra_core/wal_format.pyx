@@ -2,11 +2,13 @@
 
 Everything about the bytes lives here: the segment header and record frame codecs, the
 BLAKE3 chain (:class:`ChainHasher`), laying a batch out as frames (:func:`encode_batch`,
-the flusher's :class:`FrameBuffer`), segment file names, and the walk that checks a log
-record by record, shared by :func:`scan`, :func:`scan_segment`, :func:`verify`,
-``Wal.read`` and the recovery scan of ``Wal.open``. The writer (:mod:`syntra_core.wal`)
-is built on top of this module and re-exports its public names, so callers import
-everything from ``syntra_core.wal``. docs/wal-format.md defines the files byte by byte.
+the flusher's :class:`FrameBuffer`), segment file names (:func:`segment_name`,
+:func:`segment_number`), a checked read of one header (:func:`read_segment_header`), and
+the walk that checks a log record by record, shared by :func:`scan`, :func:`scan_segment`,
+:func:`verify`, ``Wal.read`` and the recovery scan of ``Wal.open``. The writer
+(:mod:`syntra_core.wal`) is built on top of this module and re-exports its public names,
+so callers import everything from ``syntra_core.wal``. docs/wal-format.md defines the
+files byte by byte.
 
 A frame is a 20-byte header, the payload and the record's 32-byte digest, which chains it
 to the record before:
@@ -128,6 +130,11 @@ SegmentInfo = namedtuple("SegmentInfo", "number path first_sequence last_sequenc
 SegmentInfo.__doc__ = """A segment file. ``last_sequence`` is ``first_sequence - 1`` while
 it holds no record; only the live (last) segment is unsealed."""
 
+SegmentHeader = namedtuple("SegmentHeader", "number first_sequence previous_digest")
+SegmentHeader.__doc__ = """A checked segment header (:func:`read_segment_header`):
+the segment ``number``, the ``first_sequence`` it holds and ``previous_digest``, the chain
+value before that record."""
+
 
 @dataclasses.dataclass(frozen=True)
 class VerifyResult:
@@ -138,6 +145,9 @@ class VerifyResult:
     last_sequence: int
     head_digest: bytes
     torn_tail_bytes: int
+    # The chain value before the first record: the first segment header's previous digest
+    # (ZERO_DIGEST unless retention removed the start of the log).
+    anchor_digest: bytes = ZERO_DIGEST
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,7 +233,7 @@ cdef FrameStatus decode_frame(const uint8_t* data, Py_ssize_t size, Py_ssize_t p
     return FRAME_OK
 
 
-cdef void encode_segment_header(uint8_t* out, const SegmentHeader* header) noexcept nogil:
+cdef void encode_segment_header(uint8_t* out, const SegmentHeaderC* header) noexcept nogil:
     # The checksum (bytes 64..95) is BLAKE3, so the caller fills it in.
     memcpy(out, SEGMENT_MAGIC, 8)
     _put_u16(out + 8, FORMAT_VERSION)
@@ -236,7 +246,7 @@ cdef void encode_segment_header(uint8_t* out, const SegmentHeader* header) noexc
 
 
 cdef HeaderStatus decode_segment_header(const uint8_t* data, Py_ssize_t size,
-                                        SegmentHeader* out) noexcept nogil:
+                                        SegmentHeaderC* out) noexcept nogil:
     if size < SEGMENT_HEADER_SIZE:
         return HEADER_SHORT
     if memcmp(data, SEGMENT_MAGIC, 8) != 0:
@@ -451,15 +461,41 @@ def segment_name(uint64_t number):
     return f"wal-{number:016d}.seg"
 
 
+def segment_number(path):
+    """The number of the segment file ``path`` (a name or a path) is named for, or None
+    if it is not named like a segment (``wal-<16 digits>.seg``)."""
+    match = _SEGMENT_NAME.match(os.path.basename(os.fspath(path)))
+    return int(match.group(1)) if match else None
+
+
 def _segment_files(str directory):
     """[(number, path)] of the segment files in ``directory``, in order."""
     found = []
     for name in os.listdir(directory):
-        match = _SEGMENT_NAME.match(name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(directory, name)))
+        number = segment_number(name)
+        if number is not None:
+            found.append((number, os.path.join(directory, name)))
     found.sort()
     return found
+
+
+def read_segment_header(path):
+    """The :class:`SegmentHeader` of the segment file at ``path``, checked as a scan checks
+    it (size, magic, version, layout, checksum, and the number its file name says); reads
+    only the header. Raises :class:`WalCorrupt` naming ``path`` on damage, OSError if the
+    file cannot be read, ValueError if it is not named like a segment.
+    """
+    cdef SegmentHeaderC header
+    path = os.fspath(path)
+    number = segment_number(path)
+    if number is None:
+        raise ValueError(f"{path} is not named like a WAL segment (wal-<16 digits>.seg)")
+    with open(path, "rb") as f:
+        data = f.read(SEGMENT_HEADER_SIZE)
+    _check_header(path, data, number, ChainHasher(), &header)
+    return SegmentHeader(
+        header.number, header.first_sequence,
+        PyBytes_FromStringAndSize(<char*>header.previous_digest, DIGEST_SIZE))
 
 
 def _read_file(str path):
@@ -470,6 +506,35 @@ def _read_file(str path):
 # ---------------------------------------------------------------------------------------
 # The scan: shared by recovery, verify, scan and Wal.read
 # ---------------------------------------------------------------------------------------
+
+cdef int _check_header(str path, bytes data, uint64_t number, ChainHasher hasher,
+                       SegmentHeaderC* header) except -1:
+    """Decode the segment header at the start of ``data`` into ``header``, checking it on
+    its own (layout, checksum, the ``number`` its file is named for); raise WalCorrupt."""
+    cdef const uint8_t* base = <const uint8_t*>PyBytes_AS_STRING(data)
+    cdef uint8_t checksum[32]
+    cdef HeaderStatus status = decode_segment_header(base, PyBytes_GET_SIZE(data), header)
+    if status == HEADER_SHORT:
+        raise WalCorrupt(f"segment header is {len(data)} bytes, not "
+                         f"{SEGMENT_HEADER_SIZE}", segment=path, offset=0)
+    if status == HEADER_BAD_MAGIC:
+        raise WalCorrupt(f"bad magic {data[:8]!r}", segment=path, offset=0)
+    if status == HEADER_BAD_VERSION:
+        raise WalCorrupt(f"unsupported format version {_get_u16(base + 8)}",
+                         segment=path, offset=8)
+    if status == HEADER_BAD_LAYOUT:
+        raise WalCorrupt("header size or reserved field is not as format version 1 "
+                         "defines", segment=path, offset=10)
+    hasher.header_checksum(base, checksum)
+    if memcmp(checksum, base + 64, DIGEST_SIZE) != 0:
+        raise WalCorrupt("segment header checksum mismatch", segment=path, offset=64,
+                         expected=PyBytes_FromStringAndSize(<char*>checksum, DIGEST_SIZE),
+                         actual=data[64:96])
+    if header.number != number:
+        raise WalCorrupt(f"header says segment {header.number} but the file is named "
+                         f"for segment {number}", segment=path, offset=16)
+    return 0
+
 
 cdef class _Walk:
     """State of one pass over a list of segment files, checked from the first on.
@@ -485,6 +550,7 @@ cdef class _Walk:
         self.tail_allowed = tail_allowed
         self.hasher = ChainHasher()
         memset(self.chain, 0, DIGEST_SIZE)
+        memset(self.anchor, 0, DIGEST_SIZE)
         self.next_sequence = 1
         self.first_sequence = 1
         self.infos = []
@@ -497,35 +563,14 @@ cdef class _Walk:
         return PyBytes_FromStringAndSize(<char*>self.chain, DIGEST_SIZE)
 
     cdef check_header(self, Py_ssize_t index, uint64_t number, str path, bytes data):
-        cdef SegmentHeader header
-        cdef const uint8_t* base = <const uint8_t*>PyBytes_AS_STRING(data)
-        cdef uint8_t checksum[32]
-        cdef HeaderStatus status = decode_segment_header(base, PyBytes_GET_SIZE(data),
-                                                         &header)
-        if status == HEADER_SHORT:
-            raise WalCorrupt(f"segment header is {len(data)} bytes, not "
-                             f"{SEGMENT_HEADER_SIZE}", segment=path, offset=0)
-        if status == HEADER_BAD_MAGIC:
-            raise WalCorrupt(f"bad magic {data[:8]!r}", segment=path, offset=0)
-        if status == HEADER_BAD_VERSION:
-            raise WalCorrupt(f"unsupported format version {_get_u16(base + 8)}",
-                             segment=path, offset=8)
-        if status == HEADER_BAD_LAYOUT:
-            raise WalCorrupt("header size or reserved field is not as format version 1 "
-                             "defines", segment=path, offset=10)
-        self.hasher.header_checksum(base, checksum)
-        if memcmp(checksum, base + 64, DIGEST_SIZE) != 0:
-            raise WalCorrupt("segment header checksum mismatch", segment=path, offset=64,
-                             expected=PyBytes_FromStringAndSize(<char*>checksum, DIGEST_SIZE),
-                             actual=data[64:96])
-        if header.number != number:
-            raise WalCorrupt(f"header says segment {header.number} but the file is named "
-                             f"for segment {number}", segment=path, offset=16)
+        cdef SegmentHeaderC header
+        _check_header(path, data, number, self.hasher, &header)
         if index == 0:
             if header.first_sequence == 0:
                 raise WalCorrupt("first sequence 0 (sequences start at 1)", segment=path,
                                  offset=24)
             memcpy(self.chain, header.previous_digest, DIGEST_SIZE)
+            memcpy(self.anchor, header.previous_digest, DIGEST_SIZE)
             self.next_sequence = header.first_sequence
             self.first_sequence = header.first_sequence
         else:
@@ -654,10 +699,10 @@ def scan_segment(path, *, bint sealed=True):
     where such a tail just ends the scan.
     """
     path = os.path.abspath(os.fspath(path))
-    match = _SEGMENT_NAME.match(os.path.basename(path))
-    if match is None:
+    number = segment_number(path)
+    if number is None:
         raise ValueError(f"{path} is not named like a WAL segment (wal-<16 digits>.seg)")
-    cdef _Walk walk = _Walk([(int(match.group(1)), path)], not sealed)
+    cdef _Walk walk = _Walk([(number, path)], not sealed)
     yield from _walk_records(walk, True, 1, UINT64_MAX)
 
 
@@ -673,4 +718,5 @@ def verify(directory):
         last_sequence=walk.next_sequence - 1,
         head_digest=walk.head_digest(),
         torn_tail_bytes=walk.tail_bytes,
+        anchor_digest=PyBytes_FromStringAndSize(<char*>walk.anchor, DIGEST_SIZE),
     )

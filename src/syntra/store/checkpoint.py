@@ -140,7 +140,9 @@ def read_checkpoint(path: Path, verify_key: Ed25519PublicKey | None = None) -> C
             verify_key.verify(signature, digest)
         state = decode_state(data[len(MAGIC):body_end])
         named = sequence_of(path)
-        if named is not None and named != int(state["wal_sequence"]):
+        if named is None:
+            raise ValueError("not named ckpt-<wal sequence>.ckpt")
+        if named != int(state["wal_sequence"]):
             raise ValueError(f"holds WAL sequence {state['wal_sequence']}, but its name says {named}")
         return Checkpoint(
             path=path,

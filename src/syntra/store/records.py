@@ -30,6 +30,19 @@ class RecordType(enum.IntEnum):
 AUDIT_TYPES = frozenset({RecordType.ENGINE_CREATED, RecordType.CAPSULE_INSTALLED,
                          RecordType.CAPSULE_UNINSTALLED, RecordType.AUDIT})
 
+
+def log_kind(rtype: int) -> str:
+    """The Arrow log a record of type ``rtype`` goes to: "decisions", "feedback" or "audit".
+
+    Every type but DECISION and FEEDBACK is "audit", including one this version does not
+    know (not in :data:`AUDIT_TYPES`; turning it into a row fails).
+    """
+    if rtype == RecordType.DECISION:
+        return "decisions"
+    if rtype == RecordType.FEEDBACK:
+        return "feedback"
+    return "audit"
+
 # u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 propensity, u32 propensity ppb,
 # u16 option index, u16 context key length; then the key in UTF-8.
 _DECISION = struct.Struct("<IQQdIHH")
@@ -45,22 +58,30 @@ class DecisionRecord:
     propensity: float
     option_index: int
     context_key: str
+    # The propensity in parts per billion, as logged; None when made: round(propensity * 1e9).
+    propensity_ppb: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.propensity_ppb is None:
+            object.__setattr__(self, "propensity_ppb",
+                               round(self.propensity * PROPENSITY_SCALE))
 
     def encode(self) -> bytes:
         key = self.context_key.encode()
         return _DECISION.pack(
             self.capsule_uid, self.sequence, self.ts_ns, self.propensity,
-            round(self.propensity * PROPENSITY_SCALE), self.option_index, len(key),
+            self.propensity_ppb, self.option_index, len(key),
         ) + key
 
     @classmethod
     def decode(cls, payload: bytes) -> DecisionRecord:
         try:
-            uid, sequence, ts_ns, propensity, _, option, key_length = _DECISION.unpack_from(payload)
+            (uid, sequence, ts_ns, propensity, ppb, option,
+             key_length) = _DECISION.unpack_from(payload)
             key = payload[_DECISION.size:]
             if len(key) != key_length:
                 raise ValueError(f"context key is {len(key)} bytes, header says {key_length}")
-            return cls(uid, sequence, ts_ns, propensity, option, key.decode())
+            return cls(uid, sequence, ts_ns, propensity, option, key.decode(), ppb)
         except (struct.error, ValueError) as exc:
             raise StorageCorrupt(f"bad decision record: {exc}") from None
 
@@ -94,3 +115,11 @@ def decode_json(payload: bytes, rtype: int) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise StorageCorrupt(f"bad {RecordType(rtype).name} record: not a JSON object")
     return body
+
+
+def install_config(payload: bytes | str) -> dict[str, Any]:
+    """The capsule config a CAPSULE_INSTALLED payload (or an audit row's ``details``)
+    holds: its JSON body without the ``ts_ns`` it was logged at."""
+    config = decode_json(payload, RecordType.CAPSULE_INSTALLED)
+    config.pop("ts_ns", None)
+    return config

@@ -15,9 +15,10 @@ replacement scan of the Python variable) or a Parquet export (``SELECT ... FROM
 
 The logs are derived from the WAL, which stays the record of truth. :class:`SegmentLogWriter`
 writes a segment's three files once the WAL seals it, atomically and idempotently, and its
-:meth:`~SegmentLogWriter.catch_up` checks every file at open and writes any that a crash
-left out or that is damaged; its ``handled_through`` tells retention which segments are
-safe to remove. :func:`read_log` joins the files with the records of segments that have
+:meth:`~SegmentLogWriter.catch_up` checks the files at open (the rows only of segments
+it has not checked before or whose files changed since) and writes any that a crash left
+out or that is damaged; its ``handled_through`` tells retention which segments are safe to
+remove. ``syntra verify`` checks every row of every file. :func:`read_log` joins the files with the records of segments that have
 none yet (or only a damaged one), converted on the fly, so the live segment's tail is
 readable too. Where retention removed a segment whose file is missing or damaged, the rows
 are lost: :func:`read_log` says so (:class:`LogGaps`) rather than skip them silently.

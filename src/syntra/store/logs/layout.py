@@ -18,13 +18,13 @@ import pyarrow.compute as pc
 from syntra.errors import StorageCorrupt, SyntraError
 from syntra.store.logs.schemas import LOG_FORMAT, SCHEMAS
 from syntra_core.wal import WalRecord, scan_segment
+from syntra_core.wal_format import segment_number
 
 LOGS_DIR = "logs"
 WAL_DIR = "wal"
 CHECKPOINTS_DIR = "checkpoints"
 SUFFIX = ".arrow"
 
-_SEGMENT_FILE = re.compile(r"^wal-(\d{16})\.seg$")
 _LOG_FILE = re.compile(r"^wal-(\d{16})\.arrow$")
 
 
@@ -42,36 +42,25 @@ def segment_records(path: str | os.PathLike, *, sealed: bool = True) -> list[Wal
     return list(scan_segment(path, sealed=sealed))
 
 
-def _segment_first_sequence(path: Path) -> int:
-    """The first sequence a segment's header names (docs/wal-format.md: u64 at offset 24)."""
-    try:
-        with open(path, "rb") as file:
-            header = file.read(32)
-    except OSError as exc:
-        raise StorageCorrupt(f"WAL segment {path} cannot be read: {exc}") from None
-    if len(header) < 32:
-        raise StorageCorrupt(f"WAL damaged: segment {path} has no complete header")
-    return int.from_bytes(header[24:32], "little")
+def wal_segments(store_path: str | os.PathLike) -> dict[int, Path]:
+    """{segment number: path} of the WAL segment files in a store."""
+    return _numbered_files(Path(store_path) / WAL_DIR, segment_number)
 
 
-def _segment_number(name: str, pattern: re.Pattern) -> int | None:
-    match = pattern.match(name)
+def _log_file_number(name: str) -> int | None:
+    match = _LOG_FILE.match(name)
     return int(match.group(1)) if match else None
 
 
-def wal_segments(store_path: str | os.PathLike) -> dict[int, Path]:
-    """{segment number: path} of the WAL segment files in a store."""
-    return _numbered_files(Path(store_path) / WAL_DIR, _SEGMENT_FILE)
-
-
-def _numbered_files(directory: Path, pattern: re.Pattern) -> dict[int, Path]:
+def _numbered_files(directory: Path, number_of: Callable[[str], int | None]) -> dict[int, Path]:
+    """{number: path} of the files in ``directory`` that ``number_of`` gives a number."""
     found = {}
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
         return found
     for name in names:
-        number = _segment_number(name, pattern)
+        number = number_of(name)
         if number is not None:
             found[number] = directory / name
     return dict(sorted(found.items()))
@@ -113,17 +102,12 @@ def read_log_file(path: str | os.PathLike, kind: str, *, full: bool = True,
     with ``within=(first, last)``, inside that range of a segment. ``full`` also validates
     every value (UTF-8, offsets), which reads the whole file.
     """
-    expected = SCHEMAS[kind]
     try:
         table = read_arrow(path)
         table.validate(full=full)
     except (pa.ArrowException, OSError) as exc:
         raise StorageCorrupt(f"Arrow log {path} cannot be read: {exc}") from None
-    metadata = table.schema.metadata or {}
-    if not table.schema.equals(expected) or metadata.get(b"syntra.log") != kind.encode():
-        raise StorageCorrupt(f"Arrow log {path} does not have the schema of the {kind} log")
-    if metadata.get(b"syntra.log_format") != LOG_FORMAT.encode():
-        raise StorageCorrupt(f"Arrow log {path} is not in log format {LOG_FORMAT}")
+    _check_schema(path, table.schema, kind)
     sequences = table.column("wal_sequence")
     if not table.num_rows:
         return table
@@ -140,6 +124,26 @@ def read_log_file(path: str | os.PathLike, kind: str, *, full: bool = True,
     return table
 
 
+def check_log_file_schema(path: str | os.PathLike, kind: str) -> None:
+    """Check only that the ``kind`` log file at ``path`` opens as an Arrow IPC file (its
+    footer) with the schema of ``kind``, without reading its rows; raise
+    :class:`StorageCorrupt` naming it. :func:`read_log_file` checks the rows too."""
+    try:
+        with pa.memory_map(os.fspath(path)) as source:
+            schema = pa.ipc.open_file(source).schema
+    except (pa.ArrowException, OSError) as exc:
+        raise StorageCorrupt(f"Arrow log {path} cannot be read: {exc}") from None
+    _check_schema(path, schema, kind)
+
+
+def _check_schema(path: str | os.PathLike, schema: pa.Schema, kind: str) -> None:
+    metadata = schema.metadata or {}
+    if not schema.equals(SCHEMAS[kind]) or metadata.get(b"syntra.log") != kind.encode():
+        raise StorageCorrupt(f"Arrow log {path} does not have the schema of the {kind} log")
+    if metadata.get(b"syntra.log_format") != LOG_FORMAT.encode():
+        raise StorageCorrupt(f"Arrow log {path} is not in log format {LOG_FORMAT}")
+
+
 def log_path(store_path: str | os.PathLike, kind: str, segment_path: str | os.PathLike) -> Path:
     """Where the ``kind`` log of a WAL segment goes: logs/<kind>/<segment name>.arrow."""
     return Path(store_path) / LOGS_DIR / kind / (Path(segment_path).stem + SUFFIX)
@@ -147,7 +151,7 @@ def log_path(store_path: str | os.PathLike, kind: str, segment_path: str | os.Pa
 
 def log_files(store_path: str | os.PathLike, kind: str) -> dict[int, Path]:
     """{segment number: path} of the ``kind`` log files in a store."""
-    return _numbered_files(Path(store_path) / LOGS_DIR / kind, _LOG_FILE)
+    return _numbered_files(Path(store_path) / LOGS_DIR / kind, _log_file_number)
 
 
 def _covers(sequences: list[pa.ChunkedArray], first: int, last: int) -> bool:

@@ -7,7 +7,6 @@ converted from the WAL on the fly, finds capsule configs without an engine
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -21,10 +20,7 @@ from syntra.errors import StorageCorrupt, StorageError
 from syntra.store import checkpoint as ckpt
 from syntra.store.logs.layout import (
     CHECKPOINTS_DIR,
-    LOGS_DIR,
-    SUFFIX,
     _covers,
-    _segment_first_sequence,
     check_store,
     log_files,
     log_path,
@@ -33,7 +29,9 @@ from syntra.store.logs.layout import (
     wal_segments,
 )
 from syntra.store.logs.schemas import LOG_KINDS, SCHEMAS, _Converter
-from syntra_core.wal import WalCorrupt
+from syntra.store.records import install_config
+from syntra_core.wal import WalCorrupt, segment_name
+from syntra_core.wal_format import read_segment_header
 
 log = logging.getLogger("syntra.store")
 
@@ -69,9 +67,7 @@ class StoreConfigs:
                 continue
             table = table.filter(pc.field("kind") == "capsule_installed")
             for details in table.column("details").to_pylist():
-                config = json.loads(details)
-                config.pop("ts_ns", None)
-                self._learn(config)
+                self._learn(install_config(details))
 
     def _from_checkpoints(self) -> None:
         for path in ckpt.list_checkpoints(self.store_path / CHECKPOINTS_DIR):
@@ -242,7 +238,10 @@ class _LogReader:
         return _covers(sequences, *span)
 
     def _relative(self, number: int) -> str:
-        return f"{LOGS_DIR}/{self.kind}/wal-{number:016d}{SUFFIX}"
+        return str(self._log_path(self.kind, number).relative_to(self.store))
+
+    def _log_path(self, kind: str, number: int) -> Path:
+        return log_path(self.store, kind, segment_name(number))
 
     def span(self, number: int) -> tuple[int | None, int | None]:
         """(first, last) sequence of segment ``number``, each None where nothing tells."""
@@ -254,11 +253,12 @@ class _LogReader:
         path = self.segments.get(number)
         if path is not None:
             try:
-                first = _segment_first_sequence(path)
+                first = read_segment_header(path).first_sequence
                 if number == self.live:
                     return first, None
                 if number + 1 in self.segments:
-                    return first, _segment_first_sequence(self.segments[number + 1]) - 1
+                    following = read_segment_header(self.segments[number + 1])
+                    return first, following.first_sequence - 1
                 records = segment_records(path)
                 return first, (records[-1].sequence if records else first - 1)
             except (StorageCorrupt, WalCorrupt, OSError):
@@ -267,8 +267,7 @@ class _LogReader:
         bounds = []
         for kind in LOG_KINDS:
             try:
-                table = read_log_file(log_path(self.store, kind, f"wal-{number:016d}.seg"),
-                                      kind, full=False)
+                table = read_log_file(self._log_path(kind, number), kind, full=False)
             except StorageCorrupt:
                 continue
             if table.num_rows:

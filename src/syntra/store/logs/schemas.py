@@ -16,12 +16,16 @@ import pyarrow as pa
 from syntra.errors import StorageCorrupt
 from syntra.names import CapsuleName
 from syntra.store.records import (
+    AUDIT_TYPES,
     PROPENSITY_SCALE,
     DecisionRecord,
     FeedbackRecord,
     RecordType,
     decode_json,
+    install_config,
+    log_kind,
 )
+from syntra_core.learner import format_decision_id
 from syntra_core.wal import WalRecord
 
 REWARD_SCALE = 1_000_000  # rewards are also logged in micro-units
@@ -136,11 +140,12 @@ class _Converter:
     def add(self, record: WalRecord) -> None:
         rtype = record.rtype
         try:
-            if rtype == RecordType.DECISION:
+            kind = log_kind(rtype)
+            if kind == "decisions":
                 self._decision(record)
-            elif rtype == RecordType.FEEDBACK:
+            elif kind == "feedback":
                 self._feedback(record)
-            elif rtype in _AUDIT_KINDS or rtype == RecordType.AUDIT:
+            elif rtype in AUDIT_TYPES:
                 self._audit(record)
             else:
                 raise StorageCorrupt(f"unknown record type {rtype}")
@@ -193,13 +198,13 @@ class _Converter:
                 f"option index {entry.option_index} is out of range: capsule uid"
                 f" {entry.capsule_uid} has {len(options)} options"
             )
-        columns = self._common("decisions", record, f"{entry.sequence:016x}-{config['tag']}",
-                               entry.ts_ns, name)
+        decision_id = format_decision_id(entry.sequence, config["tag"])
+        columns = self._common("decisions", record, decision_id, entry.ts_ns, name)
         columns["context_key"].append(entry.context_key)
         columns["features"].append(None)
         columns["option_index"].append(entry.option_index)
         columns["option"].append(options[entry.option_index])
-        ppb = round(entry.propensity * PROPENSITY_SCALE)
+        ppb = entry.propensity_ppb
         if not 0 <= ppb <= PROPENSITY_SCALE:
             raise StorageCorrupt(f"propensity {entry.propensity!r} is not a probability")
         columns["propensity_ppb"].append(ppb)
@@ -209,8 +214,8 @@ class _Converter:
     def _feedback(self, record: WalRecord) -> None:
         entry = FeedbackRecord.decode(record.payload)
         config, name = self._config(entry.capsule_uid, record)
-        columns = self._common("feedback", record, f"{entry.sequence:016x}-{config['tag']}",
-                               entry.ts_ns, name)
+        decision_id = format_decision_id(entry.sequence, config["tag"])
+        columns = self._common("feedback", record, decision_id, entry.ts_ns, name)
         columns["reward_micros"].append(round(entry.reward * REWARD_SCALE))
         columns["reward"].append(entry.reward)
 
@@ -219,7 +224,7 @@ class _Converter:
         name = None
         try:
             if record.rtype == RecordType.CAPSULE_INSTALLED:
-                config = {key: value for key, value in body.items() if key != "ts_ns"}
+                config = install_config(record.payload)
                 self._installed[config["uid"]] = config
                 name = CapsuleName.parse(config["name"])
             elif record.rtype == RecordType.CAPSULE_UNINSTALLED:

@@ -7,9 +7,12 @@ which segments are safe to remove.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,6 +23,7 @@ from syntra.store.logs.layout import (
     LOGS_DIR,
     _covers,
     _write_arrow,
+    check_log_file_schema,
     log_path,
     read_log_file,
     segment_records,
@@ -28,6 +32,12 @@ from syntra.store.logs.schemas import LOG_KINDS, Resolve, convert
 from syntra_core.wal import WalCorrupt
 
 log = logging.getLogger("syntra.store")
+
+# What the last catch-up that handled every sealed segment vouches for (see catch_up).
+_CHECKED = ".checked.json"
+# How long before a catch-up started its note says it checked the files: a file's mtime
+# comes from a coarser clock than time.time_ns(), and may lag it by a tick.
+_CLOCK_MARGIN_NS = 1_000_000_000
 
 
 class LogWriteFailed(StorageError):
@@ -70,12 +80,16 @@ class SegmentLogWriter:
         stays unhandled, :class:`StorageCorrupt` if the segment's records cannot be read
         or converted, :class:`LogWriteFailed` if a file cannot be written.
         """
+        return self._handle(segment, self._write)
+
+    def _handle(self, segment, check: Callable[[object], list[Path]]) -> list[Path]:
+        """Run ``check(segment)`` and count the segment as handled if it does not raise."""
         if not segment.sealed:
             raise ValueError(
                 f"segment {segment.number} is live: only sealed segments get log files")
         with self._lock:
             self._done.pop(segment.number, None)
-            written = self._write(segment)
+            written = check(segment)
             if segment.number >= self._next:
                 self._done[segment.number] = segment.last_sequence
             while self._next in self._done:
@@ -83,8 +97,11 @@ class SegmentLogWriter:
                 self._next += 1
             return written
 
+    def _paths(self, segment) -> dict[str, Path]:
+        return {kind: log_path(self.store_path, kind, segment.path) for kind in LOG_KINDS}
+
     def _write(self, segment) -> list[Path]:
-        paths = {kind: log_path(self.store_path, kind, segment.path) for kind in LOG_KINDS}
+        paths = self._paths(segment)
         span = (segment.first_sequence, segment.last_sequence)
         kept: dict[str, pa.Table] = {}
         for kind, path in paths.items():
@@ -129,27 +146,99 @@ class SegmentLogWriter:
         damaged file is replaced while its segment is still there. A segment that fails is
         logged at ERROR and holds the watermark back (later segments are still written):
         the WAL keeps its records, and the next catch-up tries again.
+
+        So that an open does not re-read the whole history, a catch-up that handled every
+        sealed segment leaves a note (``logs/.checked.json``: the last segment it handled
+        and when it started). The next catch-up reads the rows of a segment (as
+        :meth:`write` does) only if the segment is past that note or one of its files was
+        modified since; for the others it checks that the three files exist and open with
+        the schema of their kind, and writes them again from the WAL if not. A file whose
+        rows were altered without a newer modification time is left to ``syntra verify``,
+        which checks every row.
         """
         self._remove_leftovers()
         segments = list(wal.segments)
         if not segments:
             return self.handled_through
+        started = time.time_ns()
+        checked = self._read_checked(segments)
         with self._lock:
             # Start over from the first segment there is: each is checked again below, and
             # what a seal handler finished meanwhile is kept.
             self._next = segments[0].number
             self.handled_through = segments[0].first_sequence - 1
             self._done = {n: last for n, last in self._done.items() if n >= self._next}
+        failed = False
         for segment in segments:
             if not segment.sealed:
                 continue
+            check = self._write
+            if checked is not None and self._unchanged(segment, *checked):
+                check = self._check_files
             try:
-                self.write(segment)
+                self._handle(segment, check)
             except Exception as exc:  # noqa: BLE001 (one segment must not stop the others)
+                failed = True
                 log.error("cannot write the Arrow logs of WAL segment %s: %s: %s",
                           segment.path, type(exc).__name__, exc)
+        sealed = [segment for segment in segments if segment.sealed]
+        if sealed and not failed:
+            self._write_checked(sealed[-1], started - _CLOCK_MARGIN_NS)
         return self.handled_through
 
+    def _unchanged(self, segment, through: int, since_ns: int) -> bool:
+        """Whether an earlier catch-up read the rows of ``segment``'s files and none of
+        them was modified since (a missing file counts as changed)."""
+        if segment.number > through:
+            return False
+        try:
+            return all(os.stat(path).st_mtime_ns < since_ns
+                       for path in self._paths(segment).values())
+        except OSError:
+            return False
+
+    def _check_files(self, segment) -> list[Path]:
+        """The cheap check of catch_up: every file opens with its schema; else
+        :meth:`_write`, which reads them all and rewrites the bad ones."""
+        try:
+            for kind, path in self._paths(segment).items():
+                check_log_file_schema(path, kind)
+        except StorageCorrupt:
+            return self._write(segment)  # which says what it rewrites, and why
+        return []
+
+    def _read_checked(self, segments) -> tuple[int, int] | None:
+        """(last segment, time in ns) of the note of the last complete catch-up, or None
+        if there is none, it cannot be read, or it is about another log than ``wal``'s."""
+        try:
+            with open(self.store_path / LOGS_DIR / _CHECKED, "rb") as file:
+                note = json.load(file)
+            through, last_sequence, since_ns = (
+                note["segment"], note["last_sequence"], note["checked_ns"])
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        if not all(isinstance(n, int) and not isinstance(n, bool)
+                   for n in (through, last_sequence, since_ns)):
+            return None
+        # The segment it names must still end where it did (or be gone to retention).
+        same = next((s for s in segments if s.number == through), None)
+        if same is not None and (not same.sealed or same.last_sequence != last_sequence):
+            return None
+        if same is None and (segments[0].number <= through):
+            return None
+        return through, since_ns
+
+    def _write_checked(self, last, since_ns: int) -> None:
+        note = json.dumps({"segment": last.number, "last_sequence": last.last_sequence,
+                           "checked_ns": since_ns}).encode()
+        try:
+            # Not synced: a note lost in a crash only makes the next catch-up read more.
+            write_atomically(self.store_path / LOGS_DIR / _CHECKED,
+                             lambda file: file.write(note), sync=False)
+        except OSError as exc:
+            log.warning("cannot note the Arrow logs checked: %s", exc)
+
     def _remove_leftovers(self) -> None:
+        remove_leftovers(self.store_path / LOGS_DIR)
         for kind in LOG_KINDS:
             remove_leftovers(self.store_path / LOGS_DIR / kind)
