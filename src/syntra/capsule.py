@@ -19,6 +19,7 @@ from typing import Any
 from syntra_core.bandits import DEFAULT_SAMPLES, MAX_ARMS, UCB1, ArmTable, BetaThompson
 from syntra_core.learner import Decision, FeedbackStatus, Learner
 
+from syntra.budget.gate import BudgetSpec, CapsuleBudget, learned_quality_bps
 from syntra.errors import (
     DuplicateFeedback,
     InvalidConfig,
@@ -27,7 +28,7 @@ from syntra.errors import (
     UnknownCapsule,
     UnknownDecision,
 )
-from syntra.store.records import DecisionRecord, FeedbackRecord, RecordType
+from syntra.store.records import REFUSED_OPTION, DecisionRecord, FeedbackRecord, RecordType
 
 MAX_OPTIONS = MAX_ARMS
 MAX_OPTION_NAME = 128
@@ -188,6 +189,9 @@ class _Uninstalled:
     def feedback(self, decision_id, reward):
         raise UnknownCapsule(self.name)
 
+    def check_feedback(self, decision_id, reward):
+        raise UnknownCapsule(self.name)
+
     def is_pending(self, decision_id):
         return False
 
@@ -197,12 +201,16 @@ class Capsule:
 
     ``config`` is everything needed to rebuild it empty (it is what the WAL's install
     record and every checkpoint carry): uid, name, options, reward, algorithm, settings,
-    install (how many earlier installs the name had), seed and tag.
+    budget, install (how many earlier installs the name had), seed and tag.
+
+    A capsule with a ``budget`` holds each decision's cost on a budget account (see
+    :mod:`syntra.budget.gate`); its decide and feedback are serialised by its lock.
     """
 
-    __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "_learner")
+    __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "_learner",
+                 "_lock", "_budget")
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], budget=None):
         self.config = config
         self.name = config["name"]
         self.uid = config["uid"]
@@ -218,35 +226,81 @@ class Capsule:
         except (TypeError, ValueError) as exc:
             raise InvalidConfig(f"{self.algorithm} settings: {exc}") from None
         self._learner = Learner(self.name, self.options, rule, config["seed"], config["tag"])
+        self._lock = threading.Lock()
+        spec = BudgetSpec.parse(config.get("budget"), self.options)
+        self._budget = None if spec is None else CapsuleBudget(spec, budget, self.uid, self.options)
 
     def decide(self, context_key: str = "") -> Decision:
-        """Choose an option for ``context_key`` (a string naming the context)."""
+        """Choose an option for ``context_key`` (a string naming the context).
+
+        A budgeted capsule returns a decision with ``refused`` set when no option's cost
+        fits its account.
+        """
         if type(context_key) is not str or len(context_key) > MAX_CONTEXT_KEY or not context_key.isascii():
             _check_context(context_key)
-        return self._learner.decide(context_key)
+        if self._budget is None:
+            return self._learner.decide(context_key)
+        with self._lock:
+            return self._decide_budgeted(context_key)[0]
 
-    def feedback(self, decision_id: str, reward: float) -> None:
-        """Report the reward of a decision. Applied exactly once; errors change nothing."""
-        self._apply_feedback(decision_id, reward)
+    def feedback(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
+        """Report the reward of a decision. Applied exactly once; errors change nothing.
+
+        ``cost`` (budgeted capsules only) is what the decision actually cost in microcents:
+        it is committed against the hold; without it the hold is released.
+        """
+        if self._budget is None and cost is None:
+            self._apply_feedback(decision_id, reward)
+            return
+        with self._lock:
+            _, claim = self._settle_and_apply(decision_id, reward, cost)
+        self._budget.finish(claim)
 
     async def decide_async(self, context_key: str = "") -> Decision:
         """:meth:`decide` for asyncio callers: a durable capsule awaits its sync without
         blocking the event loop."""
         return self.decide(context_key)
 
-    async def feedback_async(self, decision_id: str, reward: float) -> None:
+    async def feedback_async(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
         """:meth:`feedback` for asyncio callers."""
-        self.feedback(decision_id, reward)
+        self.feedback(decision_id, reward, cost=cost)
+
+    def _decide_budgeted(self, context_key: str):
+        """Decide and hold the cost (the caller holds the lock): (decision, budget ticket)."""
+        d = self._learner.decide(context_key)
+        reward = self.reward
+        return self._budget.hold(
+            self._learner, d,
+            lambda: learned_quality_bps(self._learner.table, context_key, reward.low, reward.high))
+
+    def _settle_and_apply(self, decision_id: str, reward: float, cost: int | None):
+        """Claim the budget settlement, then learn (the caller holds the lock): (reward,
+        claim). Pass the claim to ``self._budget.finish`` once the feedback is durable.
+
+        Everything that can refuse is checked before anything changes."""
+        if self._budget is None:
+            raise InvalidReward(f"capsule {self.name!r} has no budget, so its feedback takes no cost")
+        if cost is not None and (type(cost) is not int or not 0 <= cost < 2**63):
+            raise InvalidReward(f"cost must be integer microcents in [0, 2**63), got {cost!r}")
+        reward = self._checked(decision_id, reward)
+        status = self._learner.check_feedback(decision_id, reward)
+        if status:
+            self._raise_for(status, decision_id, reward)
+        claim = self._budget.settle(int(decision_id[:16], 16), cost)
+        return self._apply_feedback(decision_id, reward), claim
 
     def _apply_feedback(self, decision_id: str, reward: float) -> float:
-        if type(decision_id) is not str:
-            raise UnknownDecision(self.name, decision_id, "decision ids are strings")
-        if type(reward) is not float:
-            reward = _check_reward(reward)
+        reward = self._checked(decision_id, reward)
         status = self._learner.feedback(decision_id, reward)
         if status:
             self._raise_for(status, decision_id, reward)
         return reward
+
+    def _checked(self, decision_id: object, reward: object) -> float:
+        """The reward as a float, once the id's and the reward's types are right."""
+        if type(decision_id) is not str:
+            raise UnknownDecision(self.name, decision_id, "decision ids are strings")
+        return reward if type(reward) is float else _check_reward(reward)
 
     def _raise_for(self, status: int, decision_id: str, reward: float) -> None:
         if status == FeedbackStatus.FEEDBACK_DUPLICATE:
@@ -302,7 +356,7 @@ class Capsule:
                 "mean_reward": means,
                 "best_option": self.options[leader] if pulls[leader] else None,
             }
-        return {
+        report = {
             "name": self.name,
             "algorithm": self.algorithm,
             "reward": self.reward.to_dict(),
@@ -310,6 +364,9 @@ class Capsule:
             "pending": self.pending,
             "contexts": contexts,
         }
+        if self._budget is not None:
+            report["budget"] = self._budget.report()
+        return report
 
     def __repr__(self) -> str:
         return f"Capsule({self.name!r}, options={list(self.options)!r}, algorithm={self.algorithm!r})"
@@ -318,44 +375,63 @@ class Capsule:
 class DurableCapsule(Capsule):
     """A capsule whose decisions and feedback are in the WAL before they are acknowledged."""
 
-    __slots__ = ("_store", "_lock")
+    __slots__ = ("_store",)
 
-    def __init__(self, config: dict[str, Any], store):
-        super().__init__(config)
+    def __init__(self, config: dict[str, Any], store, budget=None):
+        super().__init__(config, budget)
         self._store = store
-        self._lock = threading.Lock()
 
     def _submit_decision(self, context_key: str):
         _check_context(context_key)
+        budget_ticket = None
         with self._lock:
             self._store.check()
-            d = self._learner.decide(context_key)
+            if self._budget is None:
+                d = self._learner.decide(context_key)
+            else:
+                d, budget_ticket = self._decide_budgeted(context_key)
             ticket = self._store.submit(RecordType.DECISION, DecisionRecord(
-                self.uid, d.sequence, time.time_ns(), d.propensity, d.option_index, context_key,
+                self.uid, d.sequence, time.time_ns(), d.propensity,
+                REFUSED_OPTION if d.refused else d.option_index, context_key,
             ).encode())
-        return d, ticket
+        return d, ticket, budget_ticket
 
-    def _submit_feedback(self, decision_id: str, reward: float):
+    def _submit_feedback(self, decision_id: str, reward: float, cost: int | None):
+        claim = None
         with self._lock:
             self._store.check()
-            reward = self._apply_feedback(decision_id, reward)
+            if self._budget is None and cost is None:
+                reward = self._apply_feedback(decision_id, reward)
+            else:
+                reward, claim = self._settle_and_apply(decision_id, reward, cost)
             # Applied: the id is well formed, and its first 16 hex digits are the sequence.
-            return self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
+            ticket = self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
                 self.uid, int(decision_id[:16], 16), time.time_ns(), reward,
             ).encode())
+        return ticket, claim
 
     def decide(self, context_key: str = "") -> Decision:
-        d, ticket = self._submit_decision(context_key)
+        d, ticket, budget_ticket = self._submit_decision(context_key)
         self._store.wait(ticket)
+        if budget_ticket is not None:
+            self._budget.budget.wait(budget_ticket)
         return d
 
-    def feedback(self, decision_id: str, reward: float) -> None:
-        self._store.wait(self._submit_feedback(decision_id, reward))
+    def feedback(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
+        ticket, claim = self._submit_feedback(decision_id, reward, cost)
+        self._store.wait(ticket)
+        if claim is not None:
+            self._budget.finish(claim)
 
     async def decide_async(self, context_key: str = "") -> Decision:
-        d, ticket = self._submit_decision(context_key)
+        d, ticket, budget_ticket = self._submit_decision(context_key)
         await self._store.wait_async(ticket)
+        if budget_ticket is not None:
+            await self._budget.budget.wait_async(budget_ticket)
         return d
 
-    async def feedback_async(self, decision_id: str, reward: float) -> None:
-        await self._store.wait_async(self._submit_feedback(decision_id, reward))
+    async def feedback_async(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
+        ticket, claim = self._submit_feedback(decision_id, reward, cost)
+        await self._store.wait_async(ticket)
+        if claim is not None:
+            await self._budget.finish_async(claim)

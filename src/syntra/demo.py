@@ -47,6 +47,8 @@ class Scenario:
     reward: str  # "bernoulli" or "continuous" (in [0, 1])
     true_means: dict[str, tuple[float, ...]]
     meaning: str  # what a reward of 1 stands for
+    # Microcents each option costs, held on a budget account per decision; None: no budget.
+    costs: tuple[int, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -77,6 +79,7 @@ SCENARIOS = (
             "legal": (0.30, 0.55, 0.80),
         },
         meaning="answer accepted",
+        costs=(300, 2_000, 9_000),
     ),
     Scenario(
         title="Retry policy",
@@ -151,6 +154,7 @@ class ScenarioOutcome:
     meaning: str
     options: tuple[str, ...]
     contexts: tuple[ContextOutcome, ...]
+    spend: dict[str, int] | None = None  # microcents committed per option, when budgeted
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +185,7 @@ class DemoResult:
                     "reward": s.reward,
                     "meaning": s.meaning,
                     "options": list(s.options),
+                    "spend_microcents": s.spend,
                     "contexts": [
                         {
                             "context": c.context,
@@ -246,15 +251,23 @@ def _run_scenario(engine: Engine, scenario: Scenario, world: RandomStream,
     reward_spec = {"type": "bernoulli"}
     if scenario.reward == "continuous":
         reward_spec = {"type": "continuous", "range": [0.0, 1.0]}
-    capsule = engine.install(scenario.name, options=scenario.options, reward=reward_spec)
+    budget = None
+    if scenario.costs is not None:
+        # Funded for every decision at the dearest price, so it shows spend, not scarcity.
+        account = f"{scenario.job}-spend"
+        engine.budget.open_account(account, max(scenario.costs) * rounds * len(scenario.true_means))
+        budget = {"account": account, "costs": dict(zip(scenario.options, scenario.costs))}
+    capsule = engine.install(scenario.name, options=scenario.options, reward=reward_spec, budget=budget)
     draw = _continuous_reward if scenario.reward == "continuous" else _bernoulli_reward
     # Contexts take turns, as mixed live traffic would.
     for _ in range(rounds):
         for context, means in scenario.true_means.items():
             decision = capsule.decide(context)
-            capsule.feedback(decision.decision_id, draw(world, means[decision.option_index]))
+            capsule.feedback(decision.decision_id, draw(world, means[decision.option_index]),
+                             cost=decision.cost if budget else None)
 
-    learned = capsule.report()["contexts"]
+    report = capsule.report()
+    learned = report["contexts"]
     return ScenarioOutcome(
         title=scenario.title,
         name=scenario.name,
@@ -265,6 +278,7 @@ def _run_scenario(engine: Engine, scenario: Scenario, world: RandomStream,
             _outcome(context, scenario.options, means, learned[context])
             for context, means in scenario.true_means.items()
         ),
+        spend=report["budget"]["spend"] if budget else None,
     )
 
 

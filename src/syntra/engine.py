@@ -40,6 +40,8 @@ from typing import Any
 
 import blake3
 
+from syntra.budget import Budget
+from syntra.budget.gate import BudgetSpec
 from syntra.capsule import (
     Capsule,
     DurableCapsule,
@@ -55,6 +57,7 @@ from syntra.errors import (
 )
 from syntra.names import CapsuleName
 from syntra.store.records import (
+    REFUSED_OPTION,
     DecisionRecord,
     FeedbackRecord,
     RecordType,
@@ -73,6 +76,9 @@ def _derive(label: bytes, *parts: bytes, size: int) -> bytes:
 
 
 
+BUDGET_DIRECTORY = "budget"
+
+
 class Engine:
     """Installs capsules and routes decisions and feedback to them.
 
@@ -81,12 +87,14 @@ class Engine:
     decisions.
     """
 
-    def __init__(self, *, seed: int = 0, _store=None, _nonce: bytes | None = None):
+    def __init__(self, *, seed: int = 0, _store=None, _nonce: bytes | None = None, _budget=None):
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
             raise InvalidConfig(f"seed must be an integer in [0, 2**64), got {seed!r}")
         self.seed = seed
         self.nonce = _nonce if _nonce is not None else os.urandom(8)
         self._store = _store
+        # Accounts that budgeted capsules hold their costs on (see syntra.budget).
+        self.budget = _budget if _budget is not None else Budget.memory()
         self._capsules: dict[str, Capsule] = {}
         self._by_uid: dict[int, Capsule] = {}
         # Every config ever installed, uninstalled ones too: logs name capsules by uid.
@@ -119,7 +127,12 @@ class Engine:
             raise InvalidConfig(f"unknown store options {sorted(unknown)}; allowed: {sorted(DurableStore.OPTIONS)}")
         store = DurableStore(path, **store_options)
         try:
-            engine = cls._recover(store, seed)
+            budget = Budget.open(Path(path) / BUDGET_DIRECTORY)
+        except BaseException:
+            store.close()
+            raise
+        try:
+            engine = cls._recover(store, seed, budget)
             writer = SegmentLogWriter(path, engine.capsule_config)
             # Registered first, so a segment sealed meanwhile is written by one or the other.
             store.seal_handlers.append(writer.write)
@@ -127,17 +140,18 @@ class Engine:
             writer.catch_up(store.wal)
         except BaseException:
             store.close()
+            budget.close()
             raise
         store.start_checkpointer(engine.checkpoint)
         return engine
 
     @classmethod
-    def _from_identity(cls, identity: dict[str, Any], store=None) -> Engine:
+    def _from_identity(cls, identity: dict[str, Any], store=None, budget=None) -> Engine:
         """An empty engine with the seed and nonce of an engine record or checkpoint."""
-        return cls(seed=identity["seed"], _store=store, _nonce=bytes.fromhex(identity["nonce"]))
+        return cls(seed=identity["seed"], _store=store, _nonce=bytes.fromhex(identity["nonce"]), _budget=budget)
 
     @classmethod
-    def _recover(cls, store, seed: int | None) -> Engine:
+    def _recover(cls, store, seed: int | None, budget) -> Engine:
         checkpoint = store.load_checkpoint()
         start = checkpoint.wal_sequence if checkpoint else 0
         # One pass over the log: the record at the checkpoint's position (if still there)
@@ -160,13 +174,13 @@ class Engine:
         else:
             identity = None
         if identity is None:
-            engine = cls(seed=seed or 0, _store=store)
+            engine = cls(seed=seed or 0, _store=store, _budget=budget)
             store.record(RecordType.ENGINE_CREATED, encode_json(
                 {"format": 1, "seed": engine.seed, "nonce": engine.nonce.hex()}))
             return engine
         if seed is not None and seed != identity["seed"]:
             raise InvalidConfig(f"this store was created with seed {identity['seed']}, not {seed}")
-        engine = cls._from_identity(identity, store)
+        engine = cls._from_identity(identity, store, budget)
         if checkpoint is not None:
             engine._load_checkpoint(checkpoint)
         expected = start + 1
@@ -196,8 +210,18 @@ class Engine:
         rtype = record.rtype
         if rtype == RecordType.DECISION:
             entry = DecisionRecord.decode(record.payload)
-            d = self._replay_capsule(entry.capsule_uid, record)._learner.decide(entry.context_key)
-            if d.sequence != entry.sequence or d.option_index != entry.option_index:
+            capsule = self._replay_capsule(entry.capsule_uid, record)
+            d = capsule._learner.decide(entry.context_key)
+            budgeted = capsule._budget is not None
+            if d.sequence == entry.sequence and budgeted and entry.option_index == REFUSED_OPTION:
+                capsule._learner.refuse_last(d, "budget")
+                capsule._budget.refusals += 1
+            elif d.sequence == entry.sequence and budgeted and entry.option_index < len(capsule.options):
+                # The budget may have swapped the rule's choice for one that fit.
+                if d.option_index != entry.option_index:
+                    capsule._learner.substitute_last(d, entry.option_index)
+                    capsule._budget.substitutions += 1
+            elif d.sequence != entry.sequence or d.option_index != entry.option_index:
                 raise StorageCorrupt(
                     f"replay diverged at WAL record {record.sequence}: decided option"
                     f" {d.option_index} at sequence {d.sequence}, the log says {entry.option_index}"
@@ -224,7 +248,9 @@ class Engine:
             raise StorageCorrupt(f"WAL record {record.sequence} names unknown capsule uid {uid}") from None
 
     def _build(self, config: dict[str, Any]) -> Capsule:
-        return DurableCapsule(config, self._store) if self._store else Capsule(config)
+        if self._store:
+            return DurableCapsule(config, self._store, self.budget)
+        return Capsule(config, self.budget)
 
     def _register(self, config: dict[str, Any], capsule: Capsule | None = None) -> Capsule:
         """Make ``capsule`` (built from ``config`` if not given) installed, with its bookkeeping."""
@@ -252,17 +278,21 @@ class Engine:
         reward: Mapping[str, Any] | None = None,
         algorithm: str = "thompson",
         settings: Mapping[str, Any] | None = None,
+        budget: Mapping[str, Any] | None = None,
     ) -> Capsule:
         """Install a capsule under ``name`` and return it.
 
         ``algorithm`` is ``"thompson"`` (default) or ``"ucb1"``; ``settings`` tunes it
         (``prior_a``, ``prior_b``, ``samples``, ``max_staleness`` for Thompson;
-        ``exploration`` for UCB1).
+        ``exploration`` for UCB1). ``budget`` holds each decision's cost on an account of
+        :attr:`budget`: ``{"account": name, "costs": {option: microcents},
+        "hold_seconds": 300, "value_microcents": ...}`` (see :mod:`syntra.budget.gate`).
         """
         parsed = CapsuleName.parse(name)
         option_names = _check_options(options)
         spec = RewardSpec.parse(reward)
         settings = _check_settings(algorithm, settings, len(option_names))
+        budget_spec = BudgetSpec.parse(budget, option_names)
         key = str(parsed)
         with self._lock:
             if self._store:
@@ -285,6 +315,8 @@ class Engine:
                 # Ids from another engine or an earlier install of this name are unknown here.
                 "tag": _derive(b"capsule-tag", self.nonce, encoded, install.to_bytes(8, "little"), size=8).hex(),
             }
+            if budget_spec is not None:
+                config["budget"] = budget_spec.to_dict(option_names)
             # Build first, so invalid settings fail before anything is logged.
             capsule = self._build(config)
             if self._store:
@@ -367,8 +399,11 @@ class Engine:
 
         ``checkpoint=False`` skips the final checkpoint: the next open replays the log tail.
         """
-        if self._store is not None:
-            self._store.close(final_checkpoint=self.checkpoint if checkpoint else None)
+        try:
+            if self._store is not None:
+                self._store.close(final_checkpoint=self.checkpoint if checkpoint else None)
+        finally:
+            self.budget.close()
 
     def __enter__(self) -> Engine:
         return self

@@ -51,8 +51,9 @@ from typing import Any
 
 import blake3
 
-from syntra.engine import Engine
-from syntra.errors import StorageCorrupt
+from syntra.budget import Budget
+from syntra.engine import BUDGET_DIRECTORY, Engine
+from syntra.errors import StorageCorrupt, StorageError
 from syntra.store import checkpoint as ckpt
 from syntra.store.logs import (
     CHECKPOINTS_DIR,
@@ -142,8 +143,34 @@ class _Verification:
         self.replayed = 0
         self.logs = _LogCheck(path, self.problems, self.notes)
         self.scanned = False  # whether every record went through self.logs
+        self.budget = None  # what the budget journals add up to; budgeted capsules replay on it
 
     def run(self) -> VerifyReport:
+        self._check_budget()
+        try:
+            return self._run()
+        finally:
+            if self.budget is not None:
+                self.budget.close()
+
+    def _check_budget(self) -> None:
+        directory = self.path / BUDGET_DIRECTORY
+        if not directory.is_dir():
+            return
+        try:
+            self.budget = Budget.replica(directory)
+        except (StorageError, WalCorrupt, OSError) as exc:
+            self.problems.append(Problem("budget", f"the budget journal does not rebuild: {exc}"))
+            return
+        problems = self.budget.verify()
+        if problems:
+            self.problems.append(Problem("budget", problems[0]))
+        accounts, holds = self.budget.accounts(), self.budget.reservations()
+        if accounts:
+            self.notes.append(f"budget: {_plural(len(accounts), 'account')} and {_plural(len(holds), 'open hold')}"
+                              " rebuilt from the budget journal; every account conserves its money")
+
+    def _run(self) -> VerifyReport:
         self._check_chain()
         checkpoints = self._read_checkpoints()
         passed = checkpoints
@@ -280,8 +307,8 @@ class _Verification:
                     continue
                 try:
                     if engine is None:
-                        engine = (_engine_from_first(record) if start is None
-                                  else _engine_from_checkpoint(start, digests))
+                        engine = (_engine_from_first(record, self.budget) if start is None
+                                  else _engine_from_checkpoint(start, digests, self.budget))
                     engine._replay(record)
                 except Exception as exc:  # any failure here is the log's, to be reported
                     failed = True
@@ -410,24 +437,28 @@ def _ranges(numbers: list[int]) -> str:
 # --- engines for replay ------------------------------------------------------------------
 
 
-def _engine_from_first(record):
+def _engine_from_first(record, budget):
     if record.rtype != RecordType.ENGINE_CREATED:
         raise StorageCorrupt(
             f"the log starts with a {_type_name(record.rtype)} record, not ENGINE_CREATED")
     identity = decode_json(record.payload, record.rtype)
     try:
-        return Engine._from_identity(identity)
+        return Engine._from_identity(identity, budget=budget)
     except (KeyError, TypeError, ValueError) as exc:
         raise StorageCorrupt(f"bad ENGINE_CREATED record: {exc!r}") from None
 
 
-def _engine_from_checkpoint(start: ckpt.Checkpoint, digests: dict[int, bytes]):
+def _engine_from_checkpoint(start: ckpt.Checkpoint, digests: dict[int, bytes], budget):
     if digests.get(start.wal_sequence) != start.head_digest:
         raise StorageCorrupt(f"checkpoint {start.path.name}, the one to replay from, does not"
                              " match the log (see its own problem)")
-    engine = Engine._from_identity(start.engine)
+    engine = Engine._from_identity(start.engine, budget=budget)
     engine._load_checkpoint(start)
     return engine
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _type_name(rtype: int) -> str:

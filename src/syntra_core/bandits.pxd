@@ -39,6 +39,7 @@ cdef class ArmTable:
     cdef inline ArmStats* row_stats(self, Py_ssize_t row) noexcept nogil:
         return self.stats + row * self.n_arms
     cdef UpdateStatus update_c(self, Py_ssize_t row, int arm, double reward) noexcept nogil
+    cdef UpdateStatus check_reward(self, double reward) noexcept nogil
 
 
 cdef class Rule:

@@ -157,6 +157,9 @@ cdef class ArmTable:
         self.row_pulls[row] += 1
         return UPDATE_OK
 
+    cdef UpdateStatus check_reward(self, double reward) noexcept nogil:
+        return _reward_status(self, reward)
+
     def update(self, key, arm, double reward):
         """Record one reward for ``arm`` in context ``key``.
 

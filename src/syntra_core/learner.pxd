@@ -1,7 +1,7 @@
 # One capsule's decide/feedback loop: a rule over an ArmTable plus the ledger of the
 # decisions it has made.
 
-from libc.stdint cimport int16_t, int32_t, uint8_t, uint64_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint64_t
 from syntra_core.bandits cimport ArmTable, Rule
 
 
@@ -31,6 +31,10 @@ cdef class Decision:
     cdef readonly double propensity
     cdef readonly uint64_t sequence
     cdef readonly object context_key
+    cdef readonly bint refused
+    cdef readonly str refusal           # why, when refused
+    cdef readonly str substituted_for   # the option the rule preferred, when a budget swapped it
+    cdef readonly int64_t cost          # microcents held for this decision; 0 without a budget
 
 
 cdef class Learner:
@@ -50,6 +54,9 @@ cdef class Learner:
     cdef uint64_t base_sequence
 
     cdef LedgerEntry* append_entry(self) except NULL
+    cdef LedgerEntry* last_pending(self, Decision d) except NULL
+    cdef void retire_done(self) noexcept nogil
     cdef void format_id(self, uint64_t sequence, char* out) noexcept nogil
     cdef uint64_t parse_id(self, str decision_id, bint* ok)
+    cdef FeedbackStatus locate(self, str decision_id, uint64_t* sequence)
     cdef FeedbackStatus apply_feedback(self, uint64_t sequence, double reward) noexcept nogil

@@ -59,18 +59,48 @@ def format_decision_id(uint64_t sequence, str tag not None):
     return f"{sequence:016x}-{tag}"
 
 
+cdef Decision _copy_decision(Decision d):
+    cdef Decision out = Decision.__new__(Decision)
+    out.decision_id = d.decision_id
+    out.capsule = d.capsule
+    out.option = d.option
+    out.option_index = d.option_index
+    out.propensity = d.propensity
+    out.sequence = d.sequence
+    out.context_key = d.context_key
+    out.refused = d.refused
+    out.refusal = d.refusal
+    out.substituted_for = d.substituted_for
+    out.cost = d.cost
+    return out
+
+
+def with_cost(Decision d not None, int64_t cost):
+    """``d`` with ``cost`` (microcents held for it) recorded."""
+    cdef Decision out = _copy_decision(d)
+    out.cost = cost
+    return out
+
+
 cdef class Decision:
     """What a capsule decided: read-only.
 
     ``propensity`` is the probability the rule had of choosing this option, which
-    off-policy evaluation needs; ``sequence`` orders the capsule's decisions.
+    off-policy evaluation needs; ``sequence`` orders the capsule's decisions. A budgeted
+    capsule fills ``cost`` (microcents held), ``substituted_for`` (the option the rule
+    preferred, when it did not fit the budget) and, when nothing fits, returns a decision
+    with ``refused`` True, a ``refusal`` reason, and no option or id.
     """
 
     def __repr__(self):
+        if self.refused:
+            return f"Decision(refused={self.refusal!r}, context_key={self.context_key!r})"
+        extra = f", substituted_for={self.substituted_for!r}" if self.substituted_for else ""
+        extra += f", cost={self.cost}" if self.cost else ""
         return (
             f"Decision(decision_id={self.decision_id!r}, option={self.option!r}, "
             f"option_index={self.option_index}, propensity={self.propensity:.6g}, "
-            f"context_key={self.context_key!r})"
+            f"context_key={self.context_key!r}{extra})"
         )
 
     def __eq__(self, other):
@@ -79,7 +109,8 @@ cdef class Decision:
         cdef Decision o = other
         return (self.decision_id == o.decision_id and self.capsule == o.capsule
                 and self.option_index == o.option_index and self.propensity == o.propensity
-                and self.context_key == o.context_key)
+                and self.context_key == o.context_key and self.refused == o.refused
+                and self.substituted_for == o.substituted_for and self.cost == o.cost)
 
     def __hash__(self):
         return hash((self.capsule, self.decision_id))
@@ -165,6 +196,43 @@ cdef class Learner:
         d.context_key = context_key
         return d
 
+    cdef LedgerEntry* last_pending(self, Decision d) except NULL:
+        if (d is None or d.sequence + 1 != self.next_sequence or d.capsule != self.capsule
+                or d.refused):
+            raise ValueError("only the latest decision of this learner can be amended")
+        cdef LedgerEntry* entry = self.entries + self.head + (d.sequence - self.base_sequence)
+        if entry.state != ENTRY_PENDING:
+            raise ValueError("only a pending decision can be amended")
+        return entry
+
+    def substitute_last(self, Decision d, int arm):
+        """Serve ``arm`` instead of what ``d`` (this learner's latest decision, pending)
+        chose; feedback then trains ``arm``. Returns the amended decision."""
+        if not 0 <= arm < self.table.n_arms:
+            raise ValueError(f"arm {arm} is out of range")
+        cdef LedgerEntry* entry = self.last_pending(d)
+        entry.arm = <short>arm
+        cdef Decision out = _copy_decision(d)
+        out.option = self.options[arm]
+        out.option_index = arm
+        out.substituted_for = d.option
+        return out
+
+    def refuse_last(self, Decision d, str reason not None):
+        """Turn ``d`` (the latest decision, pending) into a refusal: nothing is served, it
+        takes no feedback and trains nothing. Returns the refused decision."""
+        cdef LedgerEntry* entry = self.last_pending(d)
+        entry.state = ENTRY_DONE
+        self.pending -= 1
+        self.retire_done()
+        cdef Decision out = _copy_decision(d)
+        out.decision_id = None
+        out.option = None
+        out.option_index = -1
+        out.refused = True
+        out.refusal = reason
+        return out
+
     def decision_id(self, uint64_t sequence):
         """The id that decision ``sequence`` of this learner has (or will have)."""
         cdef char buf[ID_LENGTH]
@@ -206,13 +274,35 @@ cdef class Learner:
         Anything but ``FEEDBACK_OK`` leaves every piece of state untouched, so a rejected
         reward can be corrected and sent again.
         """
-        cdef bint ours
-        cdef uint64_t sequence = self.parse_id(decision_id, &ours)
-        if not ours:
-            if len(decision_id) == ID_LENGTH and <int>decision_id[16] == 45:
-                return FEEDBACK_UNKNOWN
-            return FEEDBACK_MALFORMED_ID
+        cdef uint64_t sequence
+        cdef FeedbackStatus status = self.locate(decision_id, &sequence)
+        if status != FEEDBACK_OK:
+            return status
         return self.apply_feedback(sequence, reward)
+
+    cdef FeedbackStatus locate(self, str decision_id, uint64_t* sequence):
+        """FEEDBACK_OK with ``sequence`` set if ``decision_id`` is one of ours; else why not."""
+        cdef bint ours
+        sequence[0] = self.parse_id(decision_id, &ours)
+        if ours:
+            return FEEDBACK_OK
+        if len(decision_id) == ID_LENGTH and <int>decision_id[16] == 45:
+            return FEEDBACK_UNKNOWN
+        return FEEDBACK_MALFORMED_ID
+
+    def check_feedback(self, str decision_id, double reward):
+        """The status :meth:`feedback` would return for these arguments, applying nothing
+        (so a caller can do other work that must happen only if the feedback will land)."""
+        cdef uint64_t sequence
+        cdef FeedbackStatus status = self.locate(decision_id, &sequence)
+        if status != FEEDBACK_OK:
+            return status
+        if sequence >= self.next_sequence:
+            return FEEDBACK_UNKNOWN
+        if (sequence < self.base_sequence
+                or self.entries[self.head + (sequence - self.base_sequence)].state == ENTRY_DONE):
+            return FEEDBACK_DUPLICATE
+        return <FeedbackStatus><int>self.table.check_reward(reward)
 
     cdef FeedbackStatus apply_feedback(self, uint64_t sequence, double reward) noexcept nogil:
         if sequence >= self.next_sequence:
@@ -227,11 +317,14 @@ cdef class Learner:
             return <FeedbackStatus><int>status
         entry.state = ENTRY_DONE
         self.pending -= 1
+        self.retire_done()
+        return FEEDBACK_OK
+
+    cdef void retire_done(self) noexcept nogil:
         # Retire the completed prefix so the window starts at the oldest pending decision.
         while self.base_sequence < self.next_sequence and self.entries[self.head].state == ENTRY_DONE:
             self.head += 1
             self.base_sequence += 1
-        return FEEDBACK_OK
 
     def export_state(self):
         """Everything this learner has learned and decided, exactly; see :meth:`import_state`."""

@@ -16,6 +16,8 @@ from typing import Any
 from syntra.errors import StorageCorrupt
 
 PROPENSITY_SCALE = 1_000_000_000  # propensities are also logged in parts per billion
+# The option index a DECISION record carries when the capsule refused to decide.
+REFUSED_OPTION = 0xFFFF
 
 
 class RecordType(enum.IntEnum):

@@ -16,6 +16,7 @@ import pyarrow as pa
 from syntra.errors import StorageCorrupt
 from syntra.names import CapsuleName
 from syntra.store.records import (
+    REFUSED_OPTION,
     AUDIT_TYPES,
     PROPENSITY_SCALE,
     DecisionRecord,
@@ -60,12 +61,14 @@ DECISIONS_SCHEMA = _schema("decisions", [
     _field("context_key", pa.string(), "the context key the decision was made for"),
     _field("features", pa.list_(pa.float64()), "typed context features; null for a discrete"
            " context (every context is discrete today)", nullable=True),
-    _field("option_index", pa.uint16(), "index of the chosen option in the capsule's options"),
-    _field("option", pa.string(), "name of the chosen option"),
+    _field("option_index", pa.uint16(), "index of the chosen option in the capsule's options;"
+           " 65535 when the decision was refused"),
+    _field("option", pa.string(), "name of the chosen option; null when refused", nullable=True),
     _field("propensity_ppb", pa.uint32(), "probability of choosing that option, in parts per"
            " billion: round(propensity * 1e9)"),
     _field("candidate_rule", pa.string(), "the decision rule that chose (the capsule's algorithm)"),
-    _field("refused", pa.bool_(), "true if the engine refused to decide (never, today)"),
+    _field("refused", pa.bool_(), "true if the engine refused to decide (no option fit the"
+           " capsule's budget)"),
     _DIGEST,
 ])
 
@@ -193,7 +196,8 @@ class _Converter:
         entry = DecisionRecord.decode(record.payload)
         config, name = self._config(entry.capsule_uid, record)
         options = config["options"]
-        if entry.option_index >= len(options):
+        refused = entry.option_index == REFUSED_OPTION
+        if entry.option_index >= len(options) and not refused:
             raise StorageCorrupt(
                 f"option index {entry.option_index} is out of range: capsule uid"
                 f" {entry.capsule_uid} has {len(options)} options"
@@ -203,13 +207,13 @@ class _Converter:
         columns["context_key"].append(entry.context_key)
         columns["features"].append(None)
         columns["option_index"].append(entry.option_index)
-        columns["option"].append(options[entry.option_index])
+        columns["option"].append(None if refused else options[entry.option_index])
         ppb = entry.propensity_ppb
         if not 0 <= ppb <= PROPENSITY_SCALE:
             raise StorageCorrupt(f"propensity {entry.propensity!r} is not a probability")
         columns["propensity_ppb"].append(ppb)
         columns["candidate_rule"].append(config["algorithm"])
-        columns["refused"].append(False)
+        columns["refused"].append(refused)
 
     def _feedback(self, record: WalRecord) -> None:
         entry = FeedbackRecord.decode(record.payload)
