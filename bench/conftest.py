@@ -26,6 +26,14 @@ COMPARISONS = [
      "vs River", "raw_rule_round", "river_round"),
     ("WAL, 16 writers x 100 B: group commit vs fsync per record", "wal_group_commit", "wal_fsync_per_record"),
     ("WAL, 16 writers x 100 B: group commit (fsync) vs no sync", "wal_group_commit", "wal_no_sync"),
+    ("budget reserve+commit: Cython arena from Python vs a Python dict under a lock",
+     "budget_pair_python", "budget_pair_dict_lock"),
+    ("budget reserve+commit: nogil C loop vs the same calls from Python",
+     "budget_pair_nogil", "budget_pair_python"),
+    ("budget reserve+commit: Cython arena from Python vs the atomics2 path",
+     "budget_pair_python", "budget_pair_atomics"),
+    ("budget reserve+commit, 16 callers: journaled (fsync, group commit) vs no sync",
+     "budget_pair_journaled", "budget_pair_journaled_nosync"),
 ] + [
     (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
      f"kernel_{n}_options", f"reference_{n}_options")

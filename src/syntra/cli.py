@@ -7,7 +7,7 @@ lives in library modules (:mod:`syntra.simulate`, :mod:`syntra.demo`,
 
 Exit codes: 0 on success, 1 when the work fails after it ran (e.g. the plot cannot be
 written after all; the result is printed first) or ``verify`` finds damage, 2 for a usage
-error or any :class:`~syntra.errors.SyntraError`, 130 when interrupted.
+error or any :class:`~syntra.errors.SyntraError` or budget refusal, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
+
+from syntra_core.budget import BudgetError
 
 from syntra import __version__
 from syntra.capsule import ALGORITHMS
@@ -40,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except SystemExit as stop:  # argparse exits for --help, --version and usage errors
         return stop.code if isinstance(stop.code, int) else 2
-    except SyntraError as error:
+    except (SyntraError, BudgetError) as error:
         print(f"{parser.prog} {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -55,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_command in (_add_simulate, _add_demo, _add_logs, _add_verify):
+    for add_command in (_add_simulate, _add_demo, _add_logs, _add_verify, _add_budget):
         add_command(subparsers)
     return parser
 
@@ -247,6 +249,9 @@ def _format_demo(result: DemoResult) -> str:
             _table(["context", "learned best", "true best", "share to true best", "mean reward"],
                    rows, "<<<>>"),
         ]
+        if scenario.spend is not None:
+            spent = ", ".join(f"{option} {amount:,}" for option, amount in scenario.spend.items())
+            lines.append(f"budget spent, microcents: {spent} (total {sum(scenario.spend.values()):,})")
     lines += ["", f"{result.learned} of {result.contexts} contexts learned their true best option."]
     return "\n".join(lines)
 
@@ -420,6 +425,107 @@ def _format_problem(problem: Problem) -> list[str]:
     ]
     lines += [f"  {name:<10}  {value}" for name, value in fields if value is not None]
     return lines
+
+
+# --- budget ------------------------------------------------------------------------------
+
+
+def _add_budget(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "budget",
+        help="open, top up, show and verify budget accounts",
+        description="Work on a budget directory (or the budget of an engine store), also while "
+        "a server owns it: changes go through the shared arena and are journaled before the "
+        "command reports success. Amounts are integer microcents.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    opener = actions.add_parser("open", help="open an account (creating the budget if needed)")
+    opener.add_argument("directory", metavar="DIR", help="the budget directory")
+    opener.add_argument("name", metavar="NAME", help="account name: 1-64 of [A-Za-z0-9_.-]")
+    opener.add_argument("--initial", type=_microcents, required=True, metavar="MICROCENTS")
+    opener.add_argument("--exposure-cap", type=_microcents, metavar="MICROCENTS",
+                        help="the most open reservations may hold at once (default: no cap)")
+    opener.set_defaults(run=_run_budget_open, parser=opener)
+    topper = actions.add_parser("top-up", help="add funds to an account")
+    topper.add_argument("directory", metavar="DIR", help="the budget directory or engine store")
+    topper.add_argument("name", metavar="NAME")
+    topper.add_argument("amount", type=_microcents, metavar="MICROCENTS")
+    topper.set_defaults(run=_run_budget_top_up, parser=topper)
+    for action, run, text in (
+        ("show", _run_budget_show, "print every account and its open holds"),
+        ("verify", _run_budget_verify,
+         "check remaining + reserved + committed == initial + top-ups, remaining >= 0 and "
+         "reserved == the open holds, for every account; exit 1 at the first violation"),
+    ):
+        sub = actions.add_parser(action, help=text, description=text)
+        sub.add_argument("directory", metavar="DIR", help="the budget directory or engine store")
+        sub.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        sub.set_defaults(run=run, parser=sub)
+
+
+def _microcents(text: str) -> int:
+    try:
+        return int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer number of microcents") from None
+
+
+def _run_budget_open(args: argparse.Namespace) -> int:
+    from syntra.budget import tool
+
+    state = tool.open_account(args.directory, args.name, args.initial, args.exposure_cap)
+    print(f"opened {state.name!r} with {state.initial:,} microcents (account {state.index})")
+    return 0
+
+
+def _run_budget_top_up(args: argparse.Namespace) -> int:
+    from syntra.budget import tool
+
+    state = tool.top_up(args.directory, args.name, args.amount)
+    print(f"{state.name!r} now has {state.remaining:,} microcents free")
+    return 0
+
+
+def _run_budget_show(args: argparse.Namespace) -> int:
+    from syntra.budget import tool
+
+    state = tool.snapshot(args.directory)
+    if args.json:
+        print(json.dumps({"live_owner": state.live_owner,
+                          "accounts": [a._asdict() for a in state.accounts],
+                          "holds": [h._asdict() for h in state.holds]}, indent=2))
+        return 0
+    print(_budget_table(state))
+    return 0
+
+
+def _run_budget_verify(args: argparse.Namespace) -> int:
+    from syntra.budget import tool
+
+    state, problems = tool.verify(args.directory)
+    if args.json:
+        print(json.dumps({"ok": not problems, "accounts": len(state.accounts), "problems": problems}, indent=2))
+    elif problems:
+        print(f"VIOLATION: {problems[0]}")
+        if len(problems) > 1:
+            print(f"({_count(len(problems) - 1, 'more violation')})")
+    else:
+        print(f"OK: {_count(len(state.accounts), 'account')}, {_count(len(state.holds), 'open hold')};"
+              " every account conserves its money")
+    return 1 if problems else 0
+
+
+def _budget_table(state) -> str:
+    holds: dict[int, int] = {}
+    for h in state.holds:
+        holds[h.account] = holds.get(h.account, 0) + 1
+    cap = lambda a: "-" if a.exposure_cap == 2**63 - 1 else f"{a.exposure_cap:,}"  # noqa: E731
+    rows = [[a.name, f"{a.initial + a.topped_up:,}", f"{a.remaining:,}", f"{a.reserved:,}",
+             f"{a.committed:,}", cap(a), str(holds.get(a.index, 0))] for a in state.accounts]
+    owner = "owned by a running process" if state.live_owner else "no running owner"
+    table = _table(["account", "funded", "remaining", "reserved", "committed", "exposure cap", "holds"],
+                   rows, "<>>>>>>") if rows else "no accounts"
+    return f"{table}\n({owner}; amounts in microcents)"
 
 
 # --- shared ------------------------------------------------------------------------------
