@@ -291,6 +291,8 @@ cdef BudgetStatus settle_begin_c(ArenaView* a, uint64_t id, int64_t actual, int6
         if state == HOLD_EXPIRED:
             out.account = syn_load(&slot.account)
             out.amount = syn_load(&slot.amount)
+            if syn_load_u(&slot.word) != word:
+                return BUDGET_ALREADY_SETTLED   # reused while we read: it expired long ago
             return BUDGET_EXPIRED
         if state == HOLD_COMMITTED or state == HOLD_RELEASED:
             return BUDGET_ALREADY_SETTLED
@@ -438,8 +440,16 @@ def ttl_ns(ttl):
 
 cdef inline uint64_t _reservation_id(object value) except? 0:
     """A reservation id as given by reserve, or 0 (which no reservation has) for anything
-    that cannot be one, so the lookup reports it unknown."""
-    if type(value) is int and 0 < value <= SYN_MAX_RESERVATION_ID:
+    that cannot be one, so the lookup reports it unknown: any integer type but bool is an
+    id."""
+    if type(value) is not int:
+        if isinstance(value, bool):
+            return 0
+        try:
+            value = operator.index(value)
+        except TypeError:
+            return 0
+    if 0 < value <= SYN_MAX_RESERVATION_ID:
         return <uint64_t>value
     return 0
 

@@ -195,6 +195,18 @@ def _reference(value: object, field: str) -> int:
     return value
 
 
+def _reservation_id(value: object) -> int:
+    """``value`` as a reservation id, or 0 (which no reservation has) when it cannot be one:
+    any integer type but bool is an id."""
+    if isinstance(value, bool):
+        return 0
+    try:
+        value = operator.index(value)
+    except TypeError:
+        return 0
+    return value if 0 < value <= MAX_RESERVATION_ID else 0
+
+
 def _check_name(name: object) -> bytes:
     if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
         raise InvalidName(
@@ -607,9 +619,9 @@ class AtomicArena:
         """Own ``reservation`` (its word held -> settling): (id, slot offset, view of its
         word, account, amount), or raise why not. A hold past its deadline is expired on
         the way: ReservationExpired with ``expired_here`` True."""
-        id = operator.index(reservation)
-        if not 0 < id <= MAX_RESERVATION_ID:
-            raise UnknownReservation(f"reservation {id} was never made in this arena")
+        id = _reservation_id(reservation)
+        if not id:
+            raise UnknownReservation(f"reservation {reservation!r} was never made in this arena")
         slot = id % self.reservation_capacity
         offset = self._reservations_offset + slot * RESERVATION_BYTES
         view = self._slot_view(slot)
@@ -629,9 +641,11 @@ class AtomicArena:
                 word = result.expected & _U64
                 continue
             if state == _EXPIRED:
-                raise ReservationExpired(
-                    f"reservation {id} expired earlier", id, self._peek(offset + _ACCOUNT),
-                    self._peek(offset + _AMOUNT), False)
+                account, amount = self._peek(offset + _ACCOUNT), self._peek(offset + _AMOUNT)
+                if view.load() & _U64 != word:
+                    # Reused while we read: it expired long ago.
+                    raise ReservationSettled(f"reservation {id} is already settled; nothing moved")
+                raise ReservationExpired(f"reservation {id} expired earlier", id, account, amount, False)
             if state in (_DONE, _RELEASED):
                 raise ReservationSettled(f"reservation {id} is already settled; nothing moved")
             # Claimed or settling: another caller is a few steps from done.
@@ -690,8 +704,8 @@ class AtomicArena:
     def reservation(self, id: int) -> ReservationState | None:
         """A snapshot of reservation ``id``, or None once its slot carries another id."""
         self._check_open()
-        id = operator.index(id)
-        if not 0 < id <= MAX_RESERVATION_ID:
+        id = _reservation_id(id)
+        if not id:
             return None
         return self._slot_state(id % self.reservation_capacity, id)
 
