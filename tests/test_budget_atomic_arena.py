@@ -357,11 +357,12 @@ def test_reserve_refusals_change_nothing(arena):
     assert arena.next_reservation_id == 3
 
 
-@pytest.mark.parametrize("ref", [-1, 2**64])
+@pytest.mark.parametrize("ref", [-1, 2**64, 1.0, True])
 def test_references_are_u64(arena, ref):
     a = arena.open_account("a", 10)
-    with pytest.raises(OverflowError, match="ref_a"):
+    with pytest.raises(InvalidAmount, match="ref_a"):
         arena.reserve(a, 1, 1, ref_a=ref)
+    assert arena.account(a).reserved == 0
 
 
 def test_reservations_full_undoes_the_hold(tmp_path):

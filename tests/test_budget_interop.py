@@ -11,7 +11,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from syntra_core.budget import Arena, BudgetError
+from syntra_core.budget import Arena, BudgetError, InvalidAmount, UnknownAccount
 
 from syntra.budget.atomic_arena import AtomicArena
 from syntra.budget.verify import check_invariants
@@ -86,3 +86,30 @@ def test_each_reads_what_the_other_wrote(tmp_path, writer):
         assert r.account(account) == (account, "llm", 1_000, 665, 300, 40, 900, 5)
         assert [tuple(h)[:3] + tuple(h)[4:] for h in r.reservations()] == [(hold, account, 300, "held", 0, 7, 9)]
         assert r.release(hold) == 300
+
+
+@pytest.mark.parametrize("implementation", [Arena, AtomicArena])
+@pytest.mark.parametrize("account", [True, -1, 2**63, 1.5, "0", None])
+def test_a_bad_account_is_unknown_in_both(tmp_path, implementation, account):
+    path = tmp_path / "arena"
+    Arena.create(path, accounts=2, reservations=4).close()
+    with implementation.open(path) as arena:
+        arena.open_account("a", 100)
+        arena.open_account("b", 100)
+        for call in (lambda: arena.reserve(account, 5, 60), lambda: arena.top_up(account, 5),
+                     lambda: arena.account(account)):
+            with pytest.raises(UnknownAccount):
+                call()
+        assert [a.remaining for a in arena.accounts()] == [100, 100]
+
+
+@pytest.mark.parametrize("implementation", [Arena, AtomicArena])
+@pytest.mark.parametrize("ref", [-1, 2**64, 1.0, True])
+def test_a_bad_reference_is_an_invalid_amount_in_both(tmp_path, implementation, ref):
+    path = tmp_path / "arena"
+    Arena.create(path, accounts=1, reservations=4).close()
+    with implementation.open(path) as arena:
+        account = arena.open_account("a", 100)
+        with pytest.raises(InvalidAmount, match="ref_b"):
+            arena.reserve(account, 5, 60, ref_b=ref)
+        assert arena.account(account).reserved == 0

@@ -5,9 +5,12 @@ import time
 
 import pytest
 from syntra_core.budget import InsufficientFunds
+from syntra_core.wal import Wal
 
 from syntra import Engine
-from syntra.errors import DuplicateFeedback, InvalidConfig, InvalidReward
+from syntra.budget import Budget
+from syntra.budget.journal import JournalRecord, encode_id
+from syntra.errors import DuplicateFeedback, InvalidConfig, InvalidReward, StorageError
 
 NAME = "tenants/acme/jobs/llm/capsules/router"
 COSTS = {"small": 1_000, "medium": 4_000, "large": 9_000}
@@ -209,3 +212,122 @@ def test_budgeted_decisions_survive_a_restart(tmp_path):
     assert eng.capsule(NAME).report()["budget"]["spend"] == {
         o: sum(d.cost - 1 for d in served if d.option == o) for o in COSTS}
     eng.close()
+
+
+def test_a_substitute_is_logged_with_propensity_one(engine):
+    cap = install(engine)
+    teach(cap, "eu", {"small": 0.0, "medium": 1.0, "large": 1.0})
+    engine.budget.reserve("llm", engine.budget.available("llm") - COSTS["medium"], ttl=600)
+    substituted = []
+    for _ in range(40):
+        d = cap.decide("eu")
+        if d.substituted_for:
+            substituted.append(d)
+        cap.feedback(d.decision_id, 1.0)
+    assert substituted
+    assert all((d.option, d.substituted_for, d.propensity) == ("medium", "large", 1.0)
+               for d in substituted)
+
+
+def test_lapsed_holds_are_swept_before_refusing():
+    eng = Engine.memory()
+    eng.budget.open_account("llm", 3 * COSTS["large"])
+    cap = install(eng, hold_seconds=0.05)
+    while eng.budget.available("llm") >= COSTS["small"]:
+        assert not cap.decide("eu").refused     # holds nobody settles
+    time.sleep(0.1)
+    assert not cap.decide("eu").refused
+    assert eng.budget.verify() == []
+
+
+def test_uninstall_gives_the_holds_back(engine):
+    cap = install(engine)
+    for _ in range(3):
+        cap.decide("eu")
+    engine.uninstall(NAME)
+    assert engine.budget.account("llm").reserved == 0
+    assert engine.budget.reservations() == []
+
+
+def test_a_free_option_is_charged_what_it_cost_after_a_restart(tmp_path):
+    eng = Engine.open(tmp_path, seed=1)
+    eng.budget.open_account("llm", 10_000)
+    cap = eng.install(NAME, options=["free", "paid"],
+                      budget={"account": "llm", "costs": {"free": 0, "paid": 100}})
+    made = [cap.decide("eu") for _ in range(12)]
+    free = next(d for d in made if d.option == "free")
+    eng.close(checkpoint=False)
+    eng = Engine.open(tmp_path)
+    eng.capsule(NAME).feedback(free.decision_id, 1.0, cost=700)
+    assert eng.budget.account("llm").committed == 700
+    assert eng.capsule(NAME).report()["budget"]["spend"]["free"] == 700
+    eng.close()
+
+
+def test_feedback_whose_budget_record_was_lost_is_settled_on_recovery(tmp_path):
+    """The engine's feedback record and the budget's commit sync apart: if only the first
+    reaches the disk, recovery commits the cost the feedback record carries."""
+    eng = Engine.open(tmp_path, seed=1)
+    eng.budget.open_account("llm", 100_000)
+    cap = install(eng)
+    d = cap.decide("eu")
+    budget = eng.budget
+    real_submit = budget._submit
+
+    def lose_commits(kind, payload):
+        return None if kind == JournalRecord.COMMIT else real_submit(kind, payload)
+
+    budget._submit = lose_commits
+    cap.feedback(d.decision_id, 1.0, cost=d.cost - 3)
+    eng.close(checkpoint=False)
+
+    eng = Engine.open(tmp_path)
+    account = eng.budget.account("llm")
+    assert (account.reserved, account.committed) == (0, d.cost - 3)
+    assert eng.capsule(NAME).report()["budget"]["spend"][d.option] == d.cost - 3
+    eng.close()
+    eng = Engine.open(tmp_path)     # and the settlement itself is journaled now
+    assert eng.budget.account("llm") == account
+    eng.close()
+
+
+def test_a_budget_failure_refuses_the_decision_and_keeps_the_log_in_step(tmp_path):
+    eng = Engine.open(tmp_path, seed=1)
+    eng.budget.open_account("llm", 100_000)
+    cap = install(eng)
+    real_reserve = eng.budget.submit_reserve
+    failures = iter([StorageError("journal write failed")])
+
+    def flaky_reserve(*args, **kwargs):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_reserve(*args, **kwargs)
+
+    eng.budget.submit_reserve = flaky_reserve
+    with pytest.raises(StorageError):
+        cap.decide("eu")
+    after = [cap.decide("eu") for _ in range(3)]
+    assert all(not d.refused for d in after) and cap.pending == 3
+    digest = eng.state_digest()
+    eng.close(checkpoint=False)
+    eng = Engine.open(tmp_path)
+    assert eng.state_digest() == digest
+    assert eng.capsule(NAME).report()["budget"]["refusals"] == 1
+    eng.close()
+
+
+def test_a_rebuild_never_reuses_an_id_an_expiry_names(tmp_path):
+    """A sweep can journal the expiry of a hold whose reserve record never landed; ids
+    handed out after a rebuild must start above it."""
+    directory = tmp_path / "budget"
+    with Budget.open(directory) as budget:
+        budget.open_account("llm", 1_000)
+    with Wal.open(directory / "journal") as wal:
+        wal.append(JournalRecord.EXPIRE, encode_id(41))
+    with Budget.open(directory) as budget:
+        hold = budget.reserve("llm", 10, ttl=60)
+        assert hold > 41
+        assert budget.commit(hold, 10) == 10
+    with Budget.open(directory) as budget:
+        assert budget.account("llm").committed == 10

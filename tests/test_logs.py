@@ -52,7 +52,7 @@ EXPECTED_TYPES = {
         ("wal_sequence", pa.uint64()), ("decision_id", pa.string()),
         ("ts_ns", pa.timestamp("ns", tz="UTC")), ("tenant", pa.string()), ("job", pa.string()),
         ("capsule", pa.string()), ("reward_micros", pa.int64()), ("reward", pa.float64()),
-        ("digest", pa.binary(32)),
+        ("cost_microcents", pa.int64()), ("digest", pa.binary(32)),
     ],
     "audit": [
         ("wal_sequence", pa.uint64()), ("ts_ns", pa.timestamp("ns", tz="UTC")),

@@ -241,7 +241,10 @@ class Capsule:
         if self._budget is None:
             return self._learner.decide(context_key)
         with self._lock:
-            return self._decide_budgeted(context_key)[0]
+            d, _, error = self._decide_budgeted(context_key)
+        if error is not None:
+            raise error
+        return d
 
     def feedback(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
         """Report the reward of a decision. Applied exactly once; errors change nothing.
@@ -266,12 +269,19 @@ class Capsule:
         self.feedback(decision_id, reward, cost=cost)
 
     def _decide_budgeted(self, context_key: str):
-        """Decide and hold the cost (the caller holds the lock): (decision, budget ticket)."""
+        """Decide and hold the cost (the caller holds the lock): (decision, budget ticket,
+        error). When the budget fails (its journal, say), the decision is a refusal, so the
+        ledger and the log stay in step, and the error is returned for the caller to raise
+        once it has logged that refusal."""
         d = self._learner.decide(context_key)
         reward = self.reward
-        return self._budget.hold(
-            self._learner, d,
-            lambda: learned_quality_bps(self._learner.table, context_key, reward.low, reward.high))
+        try:
+            d, ticket = self._budget.hold(
+                self._learner, d,
+                lambda: learned_quality_bps(self._learner.table, context_key, reward.low, reward.high))
+        except Exception as error:
+            return self._learner.refuse_last(d, "budget: unavailable"), None, error
+        return d, ticket, None
 
     def _settle_and_apply(self, decision_id: str, reward: float, cost: int | None):
         """Claim the budget settlement, then learn (the caller holds the lock): (reward,
@@ -286,7 +296,7 @@ class Capsule:
         status = self._learner.check_feedback(decision_id, reward)
         if status:
             self._raise_for(status, decision_id, reward)
-        claim = self._budget.settle(int(decision_id[:16], 16), cost)
+        claim = self._budget.settle(self._learner, int(decision_id[:16], 16), cost)
         return self._apply_feedback(decision_id, reward), claim
 
     def _apply_feedback(self, decision_id: str, reward: float) -> float:
@@ -321,6 +331,8 @@ class Capsule:
         # A stale reference to an uninstalled capsule must not decide or learn (a durable
         # one would log records for a capsule that replay no longer knows).
         self._learner = _Uninstalled(self.name, self._learner)
+        if self._budget is not None:
+            self._budget.release_all()
 
     def is_pending(self, decision_id: str) -> bool:
         """True if ``decision_id`` was issued here and still awaits feedback."""
@@ -383,17 +395,19 @@ class DurableCapsule(Capsule):
 
     def _submit_decision(self, context_key: str):
         _check_context(context_key)
-        budget_ticket = None
+        budget_ticket = error = None
         with self._lock:
             self._store.check()
             if self._budget is None:
                 d = self._learner.decide(context_key)
             else:
-                d, budget_ticket = self._decide_budgeted(context_key)
+                d, budget_ticket, error = self._decide_budgeted(context_key)
             ticket = self._store.submit(RecordType.DECISION, DecisionRecord(
                 self.uid, d.sequence, time.time_ns(), d.propensity,
                 REFUSED_OPTION if d.refused else d.option_index, context_key,
             ).encode())
+        if error is not None:
+            raise error
         return d, ticket, budget_ticket
 
     def _submit_feedback(self, decision_id: str, reward: float, cost: int | None):
@@ -405,8 +419,10 @@ class DurableCapsule(Capsule):
             else:
                 reward, claim = self._settle_and_apply(decision_id, reward, cost)
             # Applied: the id is well formed, and its first 16 hex digits are the sequence.
+            # The cost is logged too: if the budget journal loses its settlement (the two
+            # logs sync apart), recovery settles the hold from this record.
             ticket = self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
-                self.uid, int(decision_id[:16], 16), time.time_ns(), reward,
+                self.uid, int(decision_id[:16], 16), time.time_ns(), reward, cost,
             ).encode())
         return ticket, claim
 

@@ -192,6 +192,9 @@ class Engine:
                 )
             engine._replay(record)
             expected += 1
+        for capsule in engine.capsules():
+            if capsule._budget is not None:
+                capsule._budget.reconcile(capsule._learner)
         return engine
 
     def _load_checkpoint(self, checkpoint) -> None:
@@ -214,7 +217,7 @@ class Engine:
             d = capsule._learner.decide(entry.context_key)
             budgeted = capsule._budget is not None
             if d.sequence == entry.sequence and budgeted and entry.option_index == REFUSED_OPTION:
-                capsule._learner.refuse_last(d, "budget")
+                capsule._learner.refuse_last(d, "budget: refused")
                 capsule._budget.refusals += 1
             elif d.sequence == entry.sequence and budgeted and entry.option_index < len(capsule.options):
                 # The budget may have swapped the rule's choice for one that fit.
@@ -229,7 +232,10 @@ class Engine:
                 )
         elif rtype == RecordType.FEEDBACK:
             entry = FeedbackRecord.decode(record.payload)
-            learner = self._replay_capsule(entry.capsule_uid, record)._learner
+            capsule = self._replay_capsule(entry.capsule_uid, record)
+            if capsule._budget is not None and entry.sequence in capsule._budget.holds:
+                capsule._budget.replayed_costs[entry.sequence] = entry.cost
+            learner = capsule._learner
             status = learner.feedback_at(entry.sequence, entry.reward)
             if status:
                 raise StorageCorrupt(f"replay of WAL record {record.sequence} failed with status {status}")
@@ -378,8 +384,10 @@ class Engine:
                     lock.acquire()
                 try:
                     # Every change so far was applied before it was submitted; once the WAL
-                    # is flushed, its head is exactly the state we export.
+                    # is flushed, its head is exactly the state we export. The budget
+                    # journal too, so no settlement the checkpoint counts can be lost.
                     self._store.wal.flush()
+                    self.budget.flush()
                     sequence = self._store.wal.durable_sequence
                     head = self._store.wal.head_digest
                     engine, capsules = self._snapshot()

@@ -151,6 +151,7 @@ cdef class Arena:
     cdef Py_buffer _buffer
     cdef bint _has_buffer
     cdef dict _names                # account name -> index; accounts are never removed
+    cdef int _waiting               # threads in a GIL-free wait on the mapping
     cdef readonly object path
     cdef readonly int account_capacity
     cdef readonly Py_ssize_t reservation_capacity
@@ -158,6 +159,7 @@ cdef class Arena:
     cdef _attach(self, object mapping)
     cdef _check_open(self)
     cdef _opening(self, int64_t index)
+    cdef int64_t _open_account(self, object account) except -1
     cdef _settling(self, Settling pending)
     cdef _settle(self, object reservation, int64_t actual, object now_ns, Settlement* taken)
     cdef _begin(self, object reservation, int64_t actual, object now_ns, Settlement* taken)

@@ -34,7 +34,7 @@ import os
 import time
 from collections import namedtuple
 
-from libc.stdint cimport INT64_MAX, int64_t, uint64_t
+from libc.stdint cimport INT64_MAX, UINT64_MAX, int64_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_Release, PyObject_GetBuffer
 
@@ -382,7 +382,7 @@ cdef BudgetStatus release_c(ArenaView* a, uint64_t id, int64_t now_ns,
     return settle_c(a, id, -1, now_ns, out)
 
 
-cdef int64_t _settled_state(AccountSlot* s, int64_t wait_ns) noexcept nogil:
+cdef int64_t _opened_state(AccountSlot* s, int64_t wait_ns) noexcept nogil:
     """The slot's state once it is no longer being opened; -1 if that took over wait_ns."""
     cdef int64_t spins = 0, deadline = 0
     cdef int64_t state = syn_load(&s.state)
@@ -438,6 +438,24 @@ def ttl_ns(ttl):
     return _ttl_ns(ttl)
 
 
+cdef inline int64_t _account_index(object value) except? -2:
+    """An account index, or -1 (which no account has) for anything that cannot be one."""
+    if type(value) is not int:
+        if isinstance(value, bool):
+            return -1
+        try:
+            value = operator.index(value)
+        except TypeError:
+            return -1
+    return value if 0 <= value < MAX_ACCOUNTS else -1
+
+
+cdef inline uint64_t _reference(object value, str field) except? 0:
+    if type(value) is int and 0 <= value <= UINT64_MAX:
+        return <uint64_t>value
+    raise InvalidAmount(f"{field} must be an integer in [0, 2**64), got {value!r}")
+
+
 cdef inline uint64_t _reservation_id(object value) except? 0:
     """A reservation id as given by reserve, or 0 (which no reservation has) for anything
     that cannot be one, so the lookup reports it unknown: any integer type but bool is an
@@ -470,7 +488,7 @@ cdef bytes _check_name(object name):
     return name.encode()
 
 
-cdef object _raise(BudgetStatus status, str subject, Settlement* taken):
+cdef object _raise(BudgetStatus status, str subject, Settlement* taken, object reservation=None):
     """Raise the exception for ``status``; ``subject`` is "account N" or "reservation N"."""
     if status == BUDGET_INSUFFICIENT_FUNDS:
         raise InsufficientFunds(f"{subject}: insufficient funds")
@@ -487,7 +505,7 @@ cdef object _raise(BudgetStatus status, str subject, Settlement* taken):
     if status == BUDGET_EXPIRED:
         raise ReservationExpired(
             f"{subject} expired" + (" now; its hold was released" if taken.id else " earlier"),
-            int(subject.rpartition(" ")[2]), taken.account, taken.amount, taken.id != 0)
+            reservation, taken.account, taken.amount, taken.id != 0)
     if status == BUDGET_RESERVATIONS_FULL:
         raise ReservationsFull(f"{subject}: every reservation slot holds a live reservation")
     if status == BUDGET_BUSY:
@@ -597,6 +615,7 @@ cdef class Arena:
 
     def __cinit__(self):
         self._has_buffer = False
+        self._waiting = 0
         self._names = {}
         self.path = None
 
@@ -666,7 +685,13 @@ cdef class Arena:
             raise ValueError("the arena is closed")
 
     def close(self):
-        """Unmap the arena (idempotent). Its file keeps every change."""
+        """Unmap the arena (idempotent). Its file keeps every change.
+
+        A thread waiting (without the GIL) on a word another caller is changing still
+        reads the mapping, so closing waits for such waits to end first.
+        """
+        while self._waiting:
+            time.sleep(0.001)
         if self._has_buffer:
             PyBuffer_Release(&self._buffer)
             self._has_buffer = False
@@ -727,8 +752,12 @@ cdef class Arena:
             state = syn_load(&s.state)
             if state == ACCOUNT_OPENING:
                 # Its opener may be waiting on a journal sync, and may need the GIL to finish.
-                with nogil:
-                    state = _settled_state(s, SYN_WAIT_NS)
+                self._waiting += 1
+                try:
+                    with nogil:
+                        state = _opened_state(s, SYN_WAIT_NS)
+                finally:
+                    self._waiting -= 1
                 if state < 0:
                     raise ArenaBusy(f"account slot {i} stayed half-opened")
             if state != ACCOUNT_EMPTY and state != ACCOUNT_OPEN:
@@ -789,10 +818,10 @@ cdef class Arena:
                 return i
         raise UnknownAccount(f"no open account {name!r} in this arena")
 
-    def account(self, int64_t index):
+    def account(self, index):
         """A snapshot of account ``index``: each field is one atomic read."""
         self._check_open()
-        cdef AccountSlot* s = _account(&self.view, index)
+        cdef AccountSlot* s = _account(&self.view, _account_index(index))
         if s == NULL:
             raise UnknownAccount(f"no open account {index} in this arena")
         return AccountState(
@@ -813,44 +842,45 @@ cdef class Arena:
                 out.append(self.account(i))
         return out
 
-    def top_up(self, int64_t account, amount):
+    def top_up(self, account, amount):
         """Add ``amount`` microcents to ``account``."""
         self._check_open()
-        cdef BudgetStatus status = top_up_c(&self.view, account, _amount(amount, "amount", False))
+        cdef BudgetStatus status = top_up_c(&self.view, _account_index(account), _amount(amount, "amount", False))
         if status != BUDGET_OK:
             _raise(status, f"account {account}", NULL)
 
-    def begin_top_up(self, int64_t account, amount):
+    def begin_top_up(self, account, amount):
         """Count ``amount`` into the account's funding (refusing an overflow) without making
         it spendable; :meth:`finish_top_up` does that, :meth:`abort_top_up` undoes this."""
         self._check_open()
-        cdef BudgetStatus status = top_up_begin_c(&self.view, account, _amount(amount, "amount", False))
+        cdef BudgetStatus status = top_up_begin_c(&self.view, _account_index(account),
+                                                  _amount(amount, "amount", False))
         if status != BUDGET_OK:
             _raise(status, f"account {account}", NULL)
 
-    def finish_top_up(self, int64_t account, amount):
-        self._check_open()
-        if _account(&self.view, account) == NULL:
-            raise UnknownAccount(f"account {account} is not open in this arena")
-        top_up_finish_c(&self.view, account, _amount(amount, "amount", False))
+    def finish_top_up(self, account, amount):
+        top_up_finish_c(&self.view, self._open_account(account), _amount(amount, "amount", False))
 
-    def abort_top_up(self, int64_t account, amount):
+    def abort_top_up(self, account, amount):
+        top_up_abort_c(&self.view, self._open_account(account), _amount(amount, "amount", False))
+
+    cdef int64_t _open_account(self, object account) except -1:
         self._check_open()
-        if _account(&self.view, account) == NULL:
-            raise UnknownAccount(f"account {account} is not open in this arena")
-        top_up_abort_c(&self.view, account, _amount(amount, "amount", False))
+        cdef int64_t index = _account_index(account)
+        if _account(&self.view, index) == NULL:
+            raise UnknownAccount(f"account {account!r} is not open in this arena")
+        return index
 
     # -- reservations --------------------------------------------------------------------
 
-    def reserve(self, int64_t account, amount, ttl, *, uint64_t ref_a=0, uint64_t ref_b=0,
-                now_ns=None):
+    def reserve(self, account, amount, ttl, *, ref_a=0, ref_b=0, now_ns=None):
         """Hold ``amount`` microcents of ``account`` for ``ttl`` seconds; returns the
         reservation id. ``ref_a``/``ref_b`` are the caller's own references, kept with it."""
         self._check_open()
         cdef uint64_t id = 0
         cdef BudgetStatus status = reserve_c(
-            &self.view, account, _amount(amount, "amount", False), _ttl_ns(ttl), _now(now_ns),
-            ref_a, ref_b, &id)
+            &self.view, _account_index(account), _amount(amount, "amount", False), _ttl_ns(ttl),
+            _now(now_ns), _reference(ref_a, "ref_a"), _reference(ref_b, "ref_b"), &id)
         if status != BUDGET_OK:
             _raise(status, f"account {account}", NULL)
         return id
@@ -878,7 +908,7 @@ cdef class Arena:
         self._begin(reservation, actual, now_ns, taken)
         settle_finish_c(&self.view, taken)
         if taken.state == HOLD_EXPIRED:
-            _raise(BUDGET_EXPIRED, f"reservation {reservation}", taken)
+            _raise(BUDGET_EXPIRED, f"reservation {reservation}", taken, reservation)
 
     cdef _begin(self, object reservation, int64_t actual, object now_ns, Settlement* taken):
         """settle_begin_c, raising its refusal. A word another caller is changing is waited
@@ -887,10 +917,14 @@ cdef class Arena:
         cdef int64_t now = _now(now_ns)
         cdef BudgetStatus status = settle_begin_c(&self.view, rid, actual, now, 0, taken)
         if status == BUDGET_BUSY:
-            with nogil:
-                status = settle_begin_c(&self.view, rid, actual, now, SYN_WAIT_NS, taken)
+            self._waiting += 1
+            try:
+                with nogil:
+                    status = settle_begin_c(&self.view, rid, actual, now, SYN_WAIT_NS, taken)
+            finally:
+                self._waiting -= 1
         if status != BUDGET_OK:
-            _raise(status, f"reservation {reservation}", taken)
+            _raise(status, f"reservation {reservation}", taken, reservation)
 
     def begin_settle(self, reservation, actual=None, *, now_ns=None):
         """Claim ``reservation`` to commit ``actual`` microcents (None: to release it).
@@ -1034,10 +1068,14 @@ def reserve_commit_loop(Arena arena not None, int64_t account, int64_t amount, P
     cdef uint64_t id
     cdef Settlement taken
     cdef int64_t now
-    with nogil:
-        for i in range(rounds):
-            now = syn_now_ns()
-            if reserve_c(&arena.view, account, amount, 60_000_000_000, now, 0, 0, &id) == BUDGET_OK:
-                granted += 1
-                commit_c(&arena.view, id, amount, now, &taken)
+    arena._waiting += 1     # close() waits for this loop
+    try:
+        with nogil:
+            for i in range(rounds):
+                now = syn_now_ns()
+                if reserve_c(&arena.view, account, amount, 60_000_000_000, now, 0, 0, &id) == BUDGET_OK:
+                    granted += 1
+                    commit_c(&arena.view, id, amount, now, &taken)
+    finally:
+        arena._waiting -= 1
     return granted

@@ -207,16 +207,30 @@ cdef class Learner:
 
     def substitute_last(self, Decision d, int arm):
         """Serve ``arm`` instead of what ``d`` (this learner's latest decision, pending)
-        chose; feedback then trains ``arm``. Returns the amended decision."""
+        chose; feedback then trains ``arm``. Returns the amended decision.
+
+        The substitute is the deterministic choice of the caller (the budget gate), so its
+        propensity is 1: ``substituted_for`` tells off-policy estimators to treat the row
+        apart.
+        """
         if not 0 <= arm < self.table.n_arms:
             raise ValueError(f"arm {arm} is out of range")
         cdef LedgerEntry* entry = self.last_pending(d)
         entry.arm = <short>arm
+        entry.propensity = 1.0
         cdef Decision out = _copy_decision(d)
         out.option = self.options[arm]
         out.option_index = arm
+        out.propensity = 1.0
         out.substituted_for = d.option
         return out
+
+    def pending_arm(self, uint64_t sequence):
+        """The arm decision ``sequence`` serves while it awaits feedback; -1 otherwise."""
+        if sequence >= self.next_sequence or sequence < self.base_sequence:
+            return -1
+        cdef LedgerEntry* entry = self.entries + self.head + (sequence - self.base_sequence)
+        return entry.arm if entry.state == ENTRY_PENDING else -1
 
     def refuse_last(self, Decision d, str reason not None):
         """Turn ``d`` (the latest decision, pending) into a refusal: nothing is served, it

@@ -6,6 +6,7 @@ A :class:`Budget` owns a budget directory::
     journal/     this owner's WAL of every operation that moved money
     journal.d/   one WAL per tool run that changed the arena while an owner was live
     owner.lock   flock'ed by the owner for as long as it has the budget open
+    rebuild.lock flock'ed by a rebuild (exclusively) and by attached tools (shared)
 
 Every operation that moves money runs on the arena (lock-free, ``syntra_core.budget``),
 then its record is submitted to the journal and the call returns only after the sync that
@@ -62,10 +63,27 @@ log = logging.getLogger("syntra.budget")
 
 ARENA_FILE = "arena"
 OWNER_LOCK = "owner.lock"
+REBUILD_LOCK = "rebuild.lock"
 
 
 class BudgetLocked(StorageError):
     """Another live process owns this budget directory."""
+
+
+def lock_rebuild(directory: Path, *, exclusive: bool) -> int:
+    """Take the rebuild lock of ``directory`` (blocking) and return its fd.
+
+    A rebuild rewrites the arena in place, so the owner holds this exclusively while it
+    rebuilds, and a tool attached to a live arena holds it shared for as long as it is
+    attached: no rebuild can happen in the middle of a tool's operation.
+    """
+    fd = os.open(directory / REBUILD_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def lock_owner(directory: Path) -> int | None:
@@ -82,6 +100,14 @@ def lock_owner(directory: Path) -> int | None:
 def rebuild_arena(directory: Path, *, accounts: int, reservations: int) -> tuple[Arena, journal.Rebuilt]:
     """Map ``directory``'s arena (creating it, or replacing a corrupt one) and refill it
     from the journals. The caller must hold the owner lock."""
+    rebuild_fd = lock_rebuild(directory, exclusive=True)
+    try:
+        return _rebuild_arena(directory, accounts, reservations)
+    finally:
+        os.close(rebuild_fd)
+
+
+def _rebuild_arena(directory: Path, accounts: int, reservations: int) -> tuple[Arena, journal.Rebuilt]:
     state = journal.rebuild(journal.journal_directories(directory))
     path = directory / ARENA_FILE
     arena = None
@@ -203,6 +229,15 @@ class Budget:
         except WalError as exc:
             self._failure = exc
             raise StorageError(f"budget journal write failed: {exc}") from None
+
+    def flush(self) -> None:
+        """Wait until every journal record submitted so far is durable."""
+        if self._wal is not None:
+            try:
+                self._wal.flush()
+            except WalError as exc:
+                self._failure = exc
+                raise StorageError(f"budget journal sync failed: {exc}") from None
 
     def wait(self, ticket) -> None:
         """Block until ``ticket``'s record is durable."""

@@ -189,9 +189,8 @@ def _now(now_ns: object) -> int:
 
 
 def _reference(value: object, field: str) -> int:
-    value = operator.index(value)
-    if not 0 <= value <= _U64:
-        raise OverflowError(f"{field} must be in [0, 2**64 - 1], got {value}")
+    if type(value) is not int or not 0 <= value <= _U64:
+        raise InvalidAmount(f"{field} must be an integer in [0, 2**64), got {value!r}")
     return value
 
 
@@ -231,8 +230,10 @@ def _update(view, guess: int, step) -> int | None:
 class AtomicArena:
     """A mapped budget arena, opened with :meth:`create` or :meth:`open`.
 
-    The same methods, arguments, results and exceptions as
-    :class:`syntra_core.budget.Arena`; both can work on one file at once.
+    The operations of :class:`syntra_core.budget.Arena` (accounts, top-up with its two
+    phases, reserve, commit, release, expiry), with the same arguments, results and
+    exceptions; both can work on one file at once. What only an owner needs (two-phase
+    settlement for a journal, rebuild) is the Cython arena's alone.
     """
 
     def __init__(self, path: str, mapping: mmap.mmap):
@@ -402,7 +403,12 @@ class AtomicArena:
 
     def _open_slot(self, account: object) -> int | None:
         """The offset of open account ``account``'s slot, else None."""
-        index = operator.index(account)
+        if isinstance(account, bool):
+            return None
+        try:
+            index = operator.index(account)
+        except TypeError:
+            return None
         if not 0 <= index < self.account_capacity:
             return None
         slot = HEADER_BYTES + index * ACCOUNT_BYTES
@@ -550,14 +556,14 @@ class AtomicArena:
         """Hold ``amount`` microcents of ``account`` for ``ttl`` seconds; returns the
         reservation id. ``ref_a``/``ref_b`` are the caller's own references, kept with it."""
         self._check_open()
-        index = operator.index(account)
         ref_a, ref_b = _reference(ref_a, "ref_a"), _reference(ref_b, "ref_b")
         amount = _amount(amount, "amount", zero_ok=False)
         ttl = _ttl_ns(ttl)
         now = _now(now_ns)
-        slot = self._open_slot(index)
+        slot = self._open_slot(account)
         if slot is None:
-            raise UnknownAccount(f"account {index} is not open in this arena")
+            raise UnknownAccount(f"account {account!r} is not open in this arena")
+        index = operator.index(account)
 
         # Exposure first, then funds: a refusal after the first step undoes it, so a racing
         # reserve may see a cap it would have fitted under, never the other way round.

@@ -6,8 +6,9 @@ prefers does not fit (not enough funds, or the exposure cap), the decision kerne
 substitute: every option goes through the kernel's gates with the account's available
 funds as the budget limit, and among those that fit the one with the best utility wins,
 utility being ``value_microcents`` times what the capsule has learned of that option in
-this context, minus its cost. When nothing fits the decision is a refusal. Feedback then
-commits the actual cost (``cost=``) or releases the hold.
+this context, minus its cost. When nothing fits (or nothing that fits is worth its cost)
+the decision is a refusal. Feedback then commits the actual cost (``cost=``) or releases
+the hold.
 """
 
 from __future__ import annotations
@@ -106,11 +107,12 @@ class CapsuleBudget:
             self.account = budget.arena.find_account(spec.account)
         except UnknownAccount:
             raise InvalidConfig(f"budget.account {spec.account!r} is not an open budget account") from None
-        # Decision sequence -> (reservation id or 0 for a free option, option index), for
-        # decisions awaiting feedback. Rebuilt from the budget's own holds, so a restart
-        # keeps exactly the holds the budget journal has.
-        self.holds = {h.ref_b: (h.id, h.ref_a & OPTION_MASK) for h in budget.reservations()
+        # Decision sequence -> reservation id, for holds not yet settled. Rebuilt from the
+        # budget's own holds, so after a restart it has exactly the holds the journal has.
+        self.holds = {h.ref_b: h.id for h in budget.reservations()
                       if h.ref_a >> OPTION_BITS == uid and h.account == self.account}
+        # Costs that replayed feedback reported, for holds the journal did not see settled.
+        self.replayed_costs: dict[int, int | None] = {}
         self.refusals = 0
         self.substitutions = 0
 
@@ -119,25 +121,31 @@ class CapsuleBudget:
 
         ``qualities`` is a callable giving each option's learned quality in basis points for
         ``d``'s context. Returns (decision, ticket): the ticket (None without a journal)
-        must be waited on before the decision is acknowledged.
+        must be waited on before the decision is acknowledged. Errors other than a refusal
+        (the journal failed) propagate, and the caller must refuse ``d``.
         """
         arm = d.option_index
         reason = "insufficient_funds"
-        for _ in range(ATTEMPTS):
+        swept = False
+        for _ in range(ATTEMPTS + 1):
             cost = self.spec.costs[arm]
             if cost == 0:
-                self.holds[d.sequence] = (0, arm)
                 return self._served(learner, d, arm, 0), None
             try:
                 rid, ticket = self.budget.submit_reserve(
                     self.account, cost, self.spec.hold_seconds, ref_a=_ref(self.uid, arm), ref_b=d.sequence)
             except BudgetRefused as refusal:
                 reason = refusal.reason
+                if not swept:
+                    # Lapsed holds still count until something touches them.
+                    swept = True
+                    if self.budget.expire_due():
+                        continue
                 arm = self._substitute(d, arm, qualities())
                 if arm is None:
                     break
                 continue
-            self.holds[d.sequence] = (rid, arm)
+            self.holds[d.sequence] = rid
             return self._served(learner, d, arm, cost), ticket
         self.refusals += 1
         return learner.refuse_last(d, f"budget: {reason}"), None
@@ -149,7 +157,8 @@ class CapsuleBudget:
         return with_cost(d, cost) if cost else d
 
     def _substitute(self, d, refused_arm: int, qualities: list[int]) -> int | None:
-        """The kernel's pick among the options that fit what the account has left."""
+        """The kernel's pick among the options that fit what the account has left (and are
+        worth their cost: an option whose utility is not positive is not served)."""
         available = self.budget.available(self.spec.account)
         policy = PolicySnapshot(
             [Option(i, quality_bps=q, risk_ceiling_bps=BPS, p95_latency_ms=0, input_cost_per_million=cost)
@@ -166,14 +175,16 @@ class CapsuleBudget:
         verdict = prescribe(policy, request)
         return None if verdict.action == "reject" else verdict.winner_id
 
-    def settle(self, sequence: int, cost: int | None):
+    def settle(self, learner, sequence: int, cost: int | None):
         """Claim the settlement of decision ``sequence``'s hold: commit ``cost``, or release
         the hold when None. Returns the claim to pass to :meth:`finish` once the feedback is
         durable (None when there is nothing to settle). A refusal (an overrun the account
         cannot cover) raises and changes nothing; a hold that lapsed is simply gone."""
-        rid, arm = self.holds.get(sequence, (0, None))
-        if not rid and cost and arm is not None:
-            # A free option held nothing: charge what it actually cost.
+        rid = self.holds.get(sequence, 0)
+        arm = learner.pending_arm(sequence)
+        if not rid and cost and arm >= 0 and self.spec.costs[arm] == 0:
+            # A free option held nothing: charge what the decision actually cost. (A hold
+            # that lapsed is not charged: its money went back when it expired.)
             rid, _ = self.budget.submit_reserve(self.account, cost, self.spec.hold_seconds,
                                                 ref_a=_ref(self.uid, arm), ref_b=sequence)
         claim = None
@@ -200,11 +211,31 @@ class CapsuleBudget:
             except ReservationExpired:
                 pass
 
+    def reconcile(self, learner) -> int:
+        """After replay: settle the holds of decisions whose feedback is in the engine's log
+        but whose settlement the budget journal lost (the two logs sync apart), with the
+        cost that feedback reported. Returns how many were settled."""
+        settled = 0
+        for sequence in [s for s in self.holds if learner.pending_arm(s) < 0]:
+            self.finish(self.settle(learner, sequence, self.replayed_costs.get(sequence)))
+            settled += 1
+        self.replayed_costs.clear()
+        return settled
+
+    def release_all(self) -> None:
+        """Give back every hold (the capsule is being uninstalled)."""
+        for rid in list(self.holds.values()):
+            try:
+                self.budget.release(rid)
+            except (ReservationExpired, ReservationSettled):
+                pass
+        self.holds.clear()
+
     def report(self) -> dict[str, Any]:
         spend = self.budget.spend()
         held = {}
         for h in self.budget.reservations():
-            if h.ref_a >> OPTION_BITS == self.uid:
+            if h.ref_a >> OPTION_BITS == self.uid and h.account == self.account:
                 option = self.options[h.ref_a & OPTION_MASK]
                 held[option] = held.get(option, 0) + h.amount
         return {

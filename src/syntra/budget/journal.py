@@ -128,7 +128,8 @@ def rebuild(directories: Iterable[str | os.PathLike]) -> Rebuilt:
             account, name, initial, remaining, held[account], committed[account], cap, topped)
     for account in top_ups.keys() - opened.keys():
         raise StorageCorrupt(f"budget journal tops up account {account}, which no journal opened")
-    out.next_reservation_id = max(made, default=0) + 1
+    # Above every id any record names: an expiry can name a reserve no journal has.
+    out.next_reservation_id = max(made.keys() | settled.keys(), default=0) + 1
     return out
 
 

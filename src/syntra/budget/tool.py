@@ -21,7 +21,7 @@ from pathlib import Path
 from syntra_core.budget import NO_CAP, AccountState, ReservationState
 from syntra_core.wal import Wal
 
-from syntra.budget import ARENA_FILE, journal, lock_owner, rebuild_arena
+from syntra.budget import ARENA_FILE, journal, lock_owner, lock_rebuild, rebuild_arena
 from syntra.budget.atomic_arena import AtomicArena
 from syntra.budget.journal import JournalRecord
 from syntra.budget.verify import check_invariants
@@ -85,11 +85,17 @@ def _attached(directory: Path, *, create: bool = False) -> Iterator[_Session]:
             log_directory = directory / journal.MAIN_JOURNAL
         else:
             log_directory = directory / journal.TOOL_JOURNALS / f"tool-{time.time_ns()}-{os.getpid()}"
-        session = _Session(AtomicArena.open(directory / ARENA_FILE), log_directory)
+        # Held until the operation is journaled and finished: an owner restarting meanwhile
+        # waits to rebuild, so it neither loses nor doubles what the tool is doing.
+        rebuild_fd = lock_rebuild(directory, exclusive=False)
         try:
-            yield session
+            session = _Session(AtomicArena.open(directory / ARENA_FILE), log_directory)
+            try:
+                yield session
+            finally:
+                session.close()
         finally:
-            session.close()
+            os.close(rebuild_fd)
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
@@ -97,7 +103,7 @@ def _attached(directory: Path, *, create: bool = False) -> Iterator[_Session]:
 
 def open_account(path: str | os.PathLike, name: str, initial: int, exposure_cap: int | None) -> AccountState:
     """Open account ``name`` (creating the budget directory if needed), journaled."""
-    with _attached(Path(path), create=True) as session:
+    with _attached(budget_directory(path), create=True) as session:
         # Journaled before it opens: nobody may spend money a crash could take back.
         arena = session.arena
         index = arena.begin_open_account(name, initial, exposure_cap)

@@ -48,8 +48,10 @@ def log_kind(rtype: int) -> str:
 # u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 propensity, u32 propensity ppb,
 # u16 option index, u16 context key length; then the key in UTF-8.
 _DECISION = struct.Struct("<IQQdIHH")
-# u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 reward.
+# u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 reward; then, when the feedback
+# reported what the decision cost, i64 microcents.
 _FEEDBACK = struct.Struct("<IQQd")
+_COST = struct.Struct("<q")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +96,26 @@ class FeedbackRecord:
     sequence: int  # the decision's sequence within its capsule
     ts_ns: int
     reward: float  # stored as the exact float64 that was applied, so replay is bit-identical
+    # Microcents the decision actually cost, for a budgeted capsule's feedback that said;
+    # recovery commits it if the budget journal lost its own record of it.
+    cost: int | None = None
 
     def encode(self) -> bytes:
-        return _FEEDBACK.pack(self.capsule_uid, self.sequence, self.ts_ns, self.reward)
+        base = _FEEDBACK.pack(self.capsule_uid, self.sequence, self.ts_ns, self.reward)
+        return base if self.cost is None else base + _COST.pack(self.cost)
 
     @classmethod
     def decode(cls, payload: bytes) -> FeedbackRecord:
-        if len(payload) != _FEEDBACK.size:
-            raise StorageCorrupt(f"bad feedback record: {len(payload)} bytes, expected {_FEEDBACK.size}")
-        return cls(*_FEEDBACK.unpack(payload))
+        if len(payload) == _FEEDBACK.size:
+            return cls(*_FEEDBACK.unpack(payload))
+        if len(payload) == _FEEDBACK.size + _COST.size:
+            (cost,) = _COST.unpack_from(payload, _FEEDBACK.size)
+            if cost < 0:
+                raise StorageCorrupt(f"bad feedback record: cost {cost} is negative")
+            return cls(*_FEEDBACK.unpack_from(payload), cost)
+        raise StorageCorrupt(
+            f"bad feedback record: {len(payload)} bytes, expected {_FEEDBACK.size} or"
+            f" {_FEEDBACK.size + _COST.size}")
 
 
 def encode_json(body: dict[str, Any]) -> bytes:

@@ -30,7 +30,7 @@ from syntra_core.learner import format_decision_id
 from syntra_core.wal import WalRecord
 
 REWARD_SCALE = 1_000_000  # rewards are also logged in micro-units
-LOG_FORMAT = "1"
+LOG_FORMAT = "2"  # 2: feedback gained cost_microcents, decisions a nullable option
 
 
 def _field(name: str, kind: pa.DataType, doc: str, *, nullable: bool = False) -> pa.Field:
@@ -80,6 +80,8 @@ FEEDBACK_SCHEMA = _schema("feedback", [
     *_NAME_PARTS,
     _field("reward_micros", pa.int64(), "the reward in micro-units: round(reward * 1e6)"),
     _field("reward", pa.float64(), "the exact reward that was applied"),
+    _field("cost_microcents", pa.int64(), "what the decision actually cost, when the feedback"
+           " of a budgeted capsule reported it; null otherwise", nullable=True),
     _DIGEST,
 ])
 
@@ -222,6 +224,7 @@ class _Converter:
         columns = self._common("feedback", record, decision_id, entry.ts_ns, name)
         columns["reward_micros"].append(round(entry.reward * REWARD_SCALE))
         columns["reward"].append(entry.reward)
+        columns["cost_microcents"].append(entry.cost)
 
     def _audit(self, record: WalRecord) -> None:
         body = decode_json(record.payload, record.rtype)
