@@ -331,3 +331,17 @@ def test_a_rebuild_never_reuses_an_id_an_expiry_names(tmp_path):
         assert budget.commit(hold, 10) == 10
     with Budget.open(directory) as budget:
         assert budget.account("llm").committed == 10
+
+
+def test_refusal_and_substitution_counts_survive_a_checkpoint(tmp_path):
+    eng = Engine.open(tmp_path, seed=3)
+    eng.budget.open_account("llm", 12_000)
+    cap = install(eng)
+    for _ in range(8):
+        cap.decide("eu")
+    counts = {k: cap.report()["budget"][k] for k in ("refusals", "substitutions")}
+    assert counts["refusals"] > 0
+    eng.close()                                  # with a final checkpoint: no log tail
+    eng = Engine.open(tmp_path)
+    assert {k: eng.capsule(NAME).report()["budget"][k] for k in counts} == counts
+    eng.close()

@@ -280,6 +280,7 @@ class Capsule:
                 self._learner, d,
                 lambda: learned_quality_bps(self._learner.table, context_key, reward.low, reward.high))
         except Exception as error:
+            self._budget.refusals += 1
             return self._learner.refuse_last(d, "budget: unavailable"), None, error
         return d, ticket, None
 

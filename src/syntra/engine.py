@@ -206,6 +206,8 @@ class Engine:
             capsule = self._register(entry["config"])
             try:
                 capsule._learner.import_state(entry["state"])
+                if capsule._budget is not None:
+                    capsule._budget.load_counters(entry.get("budget", {}))
             except (KeyError, TypeError, ValueError) as exc:
                 raise StorageCorrupt(f"checkpoint {checkpoint.path.name}: capsule {capsule.name}: {exc}") from None
 
@@ -370,7 +372,12 @@ class Engine:
         retired = [c for uid, c in sorted(self._configs.items()) if uid not in self._by_uid]
         engine = {"format": 1, "seed": self.seed, "nonce": self.nonce.hex(), "next_uid": self._next_uid,
                   "installs": dict(sorted(self._installs.items())), "retired": retired}
-        capsules = [{"config": c.config, "state": c._learner.export_state()} for c in self.capsules()]
+        capsules = []
+        for c in self.capsules():
+            entry = {"config": c.config, "state": c._learner.export_state()}
+            if c._budget is not None:
+                entry["budget"] = c._budget.counters()
+            capsules.append(entry)
         return engine, capsules
 
     def checkpoint(self) -> Path | None:

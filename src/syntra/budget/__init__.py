@@ -150,7 +150,11 @@ class Budget:
     def open(cls, directory: str | os.PathLike, *, accounts: int = 64, reservations: int = 65536,
              durability: str = "fsync", commit_window_us: int = 200) -> Budget:
         """Own the budget in ``directory`` (created if missing): rebuild its arena from the
-        journals and open the journal for writing. BudgetLocked if another process owns it."""
+        journals and open the journal for writing. BudgetLocked if another process owns it.
+
+        ``accounts`` and ``reservations`` size a new arena file; an existing one keeps the
+        capacities it was created with.
+        """
         directory = Path(directory)
         try:
             make_directory(directory)

@@ -231,6 +231,16 @@ class CapsuleBudget:
                 pass
         self.holds.clear()
 
+    def counters(self) -> dict[str, int]:
+        """What a checkpoint keeps of this object (holds live in the budget journal)."""
+        return {"refusals": self.refusals, "substitutions": self.substitutions}
+
+    def load_counters(self, counters: dict[str, int]) -> None:
+        refusals, substitutions = counters.get("refusals", 0), counters.get("substitutions", 0)
+        if not all(isinstance(n, int) and n >= 0 for n in (refusals, substitutions)):
+            raise ValueError(f"bad budget counters {counters!r}")
+        self.refusals, self.substitutions = refusals, substitutions
+
     def report(self) -> dict[str, Any]:
         spend = self.budget.spend()
         held = {}
