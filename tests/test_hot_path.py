@@ -21,9 +21,14 @@ LINE = re.compile(
 
 
 def _nogil_lines(source: list[str]) -> set[int]:
-    """1-based numbers of the lines inside nogil functions and `with nogil:` blocks."""
+    """1-based numbers of the lines inside nogil functions and `with nogil:` blocks.
+
+    A cdef function's signature may span lines: it is read up to the line that balances
+    its parentheses, and counts as nogil if that line ends in ``nogil:``.
+    """
     inside: set[int] = set()
     block_indent = None
+    signature: tuple[int, int] | None = None  # (indent, open parentheses) of a cdef signature
     for number, line in enumerate(source, start=1):
         stripped = line.strip()
         indent = len(line) - len(line.lstrip())
@@ -32,10 +37,21 @@ def _nogil_lines(source: list[str]) -> set[int]:
                 block_indent = None
             elif stripped and not stripped.startswith("#"):
                 inside.add(number)
-        if block_indent is None and (
-            re.match(r"cdef .*\bnogil\s*:\s*$", stripped) or stripped == "with nogil:"
-        ):
+        if block_indent is not None:
+            continue
+        if stripped == "with nogil:":
             block_indent = indent
+            continue
+        if signature is None and stripped.startswith("cdef ") and "(" in stripped:
+            signature = (indent, 0)
+        if signature is not None:
+            start, depth = signature
+            depth += stripped.count("(") - stripped.count(")")
+            signature = (start, depth)
+            if depth <= 0:
+                signature = None
+                if re.search(r"\bnogil\s*:\s*$", stripped):
+                    block_indent = start
     return inside
 
 
