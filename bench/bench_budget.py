@@ -10,10 +10,13 @@
 * ``budget_pair_journaled`` / ``budget_pair_journaled_nosync``: ``Budget.reserve`` +
   ``Budget.commit`` from 16 threads, each record synced (group commit) before the call
   returns, and the same without the sync.
+* ``budget_open_full_journal`` / ``budget_open_compacted``: opening a budget whose journal
+  holds 10,000 settled holds, with and without a compaction first.
 
     .venv/bin/python -m pytest bench/bench_budget.py -q
 """
 
+import shutil
 import threading
 
 import pytest
@@ -133,3 +136,33 @@ def test_journaled(benchmark, record_unit_time, tmp_path, durability, label, per
     finally:
         budget.close()
     record_unit_time(label, CALLERS * per_caller)
+
+
+@pytest.fixture(scope="module")
+def long_history(tmp_path_factory):
+    """A budget whose journal holds 10,000 settled holds' worth of records (and 20 open)."""
+    directory = tmp_path_factory.mktemp("history") / "budget"
+    with Budget.open(directory, durability="none") as budget:
+        budget.open_account("bench", FUNDS)
+        for _ in range(10_000):
+            budget.commit(budget.reserve("bench", 5, 60), 5)
+        for _ in range(20):
+            budget.reserve("bench", 5, 600)
+    return directory
+
+
+@pytest.mark.parametrize("compacted, label", [(False, "budget_open_full_journal"),
+                                              (True, "budget_open_compacted")])
+def test_open(benchmark, record_unit_time, tmp_path, long_history, compacted, label):
+    """Opening rebuilds the arena from the journal: from the whole history, or from the
+    generation a compaction wrote (the first open compacts; this times the ones after)."""
+    directory = tmp_path / "budget"
+    shutil.copytree(long_history, directory)
+    if compacted:
+        Budget.open(directory, compact_after=1_000).close()
+
+    def reopen():
+        Budget.open(directory, compact_after=10**9).close()
+
+    benchmark.pedantic(reopen, rounds=3, iterations=1)
+    record_unit_time(label, 1)

@@ -34,6 +34,8 @@ COMPARISONS = [
      "budget_pair_python", "budget_pair_atomics"),
     ("budget reserve+commit, 16 callers: journaled (fsync, group commit) vs no sync",
      "budget_pair_journaled", "budget_pair_journaled_nosync"),
+    ("budget open after 10k settled holds: compacted journal vs the whole history",
+     "budget_open_compacted", "budget_open_full_journal"),
 ] + [
     (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
      f"kernel_{n}_options", f"reference_{n}_options")

@@ -64,6 +64,8 @@ log = logging.getLogger("syntra.budget")
 ARENA_FILE = "arena"
 OWNER_LOCK = "owner.lock"
 REBUILD_LOCK = "rebuild.lock"
+# Journals shorter than this are not worth compacting at open.
+COMPACT_AFTER = 100_000
 
 
 class BudgetLocked(StorageError):
@@ -97,18 +99,23 @@ def lock_owner(directory: Path) -> int | None:
     return fd
 
 
-def rebuild_arena(directory: Path, *, accounts: int, reservations: int) -> tuple[Arena, journal.Rebuilt]:
+def rebuild_arena(directory: Path, *, accounts: int, reservations: int,
+                  compact_after: int = COMPACT_AFTER) -> tuple[Arena, journal.Rebuilt]:
     """Map ``directory``'s arena (creating it, or replacing a corrupt one) and refill it
-    from the journals. The caller must hold the owner lock."""
+    from the journals, compacting them first when they hold more than ``compact_after``
+    records and over twice what the live state needs. The caller must hold the owner lock."""
     rebuild_fd = lock_rebuild(directory, exclusive=True)
     try:
-        return _rebuild_arena(directory, accounts, reservations)
+        journal.finish_interrupted_compaction(directory)
+        state = journal.rebuild(journal.journal_directories(directory))
+        if state.records > max(compact_after, 2 * state.live_records()):
+            journal.compact(directory, state)
+        return _fill_arena(directory, state, accounts, reservations), state
     finally:
         os.close(rebuild_fd)
 
 
-def _rebuild_arena(directory: Path, accounts: int, reservations: int) -> tuple[Arena, journal.Rebuilt]:
-    state = journal.rebuild(journal.journal_directories(directory))
+def _fill_arena(directory: Path, state: journal.Rebuilt, accounts: int, reservations: int) -> Arena:
     path = directory / ARENA_FILE
     arena = None
     if path.exists():
@@ -126,7 +133,7 @@ def _rebuild_arena(directory: Path, accounts: int, reservations: int) -> tuple[A
     except BudgetError as exc:
         arena.close()
         raise StorageCorrupt(f"budget journal does not fit arena {path}: {exc}") from None
-    return arena, state
+    return arena
 
 
 class Budget:
@@ -148,12 +155,15 @@ class Budget:
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, accounts: int = 64, reservations: int = 65536,
-             durability: str = "fsync", commit_window_us: int = 200) -> Budget:
+             durability: str = "fsync", commit_window_us: int = 200,
+             compact_after: int = COMPACT_AFTER) -> Budget:
         """Own the budget in ``directory`` (created if missing): rebuild its arena from the
         journals and open the journal for writing. BudgetLocked if another process owns it.
 
         ``accounts`` and ``reservations`` size a new arena file; an existing one keeps the
-        capacities it was created with.
+        capacities it was created with. A journal of more than ``compact_after`` records
+        (and over twice what the live state needs) is compacted first, so opening takes time
+        in proportion to the live state, not to the history.
         """
         directory = Path(directory)
         try:
@@ -164,7 +174,8 @@ class Budget:
         if lock_fd is None:
             raise BudgetLocked(f"budget {str(directory)!r} is owned by another live process")
         try:
-            arena, state = rebuild_arena(directory, accounts=accounts, reservations=reservations)
+            arena, state = rebuild_arena(directory, accounts=accounts, reservations=reservations,
+                                         compact_after=compact_after)
             try:
                 wal = Wal.open(directory / journal.MAIN_JOURNAL, durability=durability,
                                commit_window_us=commit_window_us)
