@@ -345,3 +345,22 @@ def test_refusal_and_substitution_counts_survive_a_checkpoint(tmp_path):
     eng = Engine.open(tmp_path)
     assert {k: eng.capsule(NAME).report()["budget"][k] for k in counts} == counts
     eng.close()
+
+
+def test_a_durable_engine_sweeps_lapsed_holds_in_the_background(tmp_path):
+    eng = Engine.open(tmp_path, seed=1)
+    eng.budget.open_account("llm", 3 * COSTS["large"])
+    cap = install(eng, hold_seconds=0.05)
+    while eng.budget.available("llm") >= COSTS["small"]:
+        assert not cap.decide("eu").refused     # holds nobody settles
+    deadline = time.monotonic() + 10
+    while eng.budget.account("llm").reserved and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert eng.budget.account("llm").reserved == 0
+    last = cap.decide("eu")
+    assert not last.refused
+    eng.close()
+    eng = Engine.open(tmp_path)                  # the expiries were journaled
+    account = eng.budget.account("llm")
+    assert (account.reserved, account.committed) == (last.cost, 0)
+    eng.close()

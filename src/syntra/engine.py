@@ -143,6 +143,7 @@ class Engine:
             budget.close()
             raise
         store.start_checkpointer(engine.checkpoint)
+        budget.start_sweeper()
         return engine
 
     @classmethod

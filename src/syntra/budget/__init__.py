@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -152,6 +153,8 @@ class Budget:
         self._lock_fd = lock_fd
         self._spend = spend
         self._failure: BaseException | None = None
+        self._sweeper: threading.Thread | None = None
+        self._stop_sweeping = threading.Event()
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, accounts: int = 64, reservations: int = 65536,
@@ -417,10 +420,30 @@ class Budget:
 
     # -- lifetime ------------------------------------------------------------------------
 
+    def start_sweeper(self, interval: float = 1.0) -> None:
+        """Expire lapsed holds every ``interval`` seconds from a background thread, so their
+        money comes back without a caller waiting on the journal for it. Stops on close."""
+        if self._sweeper is None:
+            self._sweeper = threading.Thread(target=self._sweep, args=(interval,),
+                                             name="syntra-budget-sweeper", daemon=True)
+            self._sweeper.start()
+
+    def _sweep(self, interval: float) -> None:
+        while not self._stop_sweeping.wait(interval):
+            try:
+                self.expire_due()
+            except StorageError:
+                return          # the budget refuses work now; callers see why
+            except Exception:   # never let a sweep take the process down
+                log.exception("budget %s: sweeping lapsed holds failed", self.directory)
+
     def close(self) -> None:
         """Flush the journal, sync the arena and let go of the directory (idempotent)."""
         if self.arena.closed:
             return
+        if self._sweeper is not None:
+            self._stop_sweeping.set()
+            self._sweeper.join()
         try:
             if self._wal is not None:
                 self._wal.close()

@@ -136,8 +136,9 @@ class CapsuleBudget:
                     self.account, cost, self.spec.hold_seconds, ref_a=_ref(self.uid, arm), ref_b=d.sequence)
             except BudgetRefused as refusal:
                 reason = refusal.reason
-                if not swept:
-                    # Lapsed holds still count until something touches them.
+                if not swept and not self.budget.durable:
+                    # Lapsed holds still count until something touches them. (A durable
+                    # budget has a sweeper thread: sweeping here would wait on its journal.)
                     swept = True
                     if self.budget.expire_due():
                         continue
