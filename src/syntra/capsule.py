@@ -252,7 +252,11 @@ class Capsule:
         ``cost`` (budgeted capsules only) is what the decision actually cost in microcents:
         it is committed against the hold; without it the hold is released.
         """
-        if self._budget is None and cost is None:
+        if cost is None and self._budget is None:
+            # The common case in one call: a refused update changes nothing, so the slow
+            # path may ask the learner again to find the right error.
+            if type(decision_id) is str and type(reward) is float and not self._learner.feedback(decision_id, reward):
+                return
             self._apply_feedback(decision_id, reward)
             return
         with self._lock:
@@ -301,7 +305,8 @@ class Capsule:
         return self._apply_feedback(decision_id, reward), claim
 
     def _apply_feedback(self, decision_id: str, reward: float) -> float:
-        reward = self._checked(decision_id, reward)
+        if type(decision_id) is not str or type(reward) is not float:  # the common case skips a call
+            reward = self._checked(decision_id, reward)
         status = self._learner.feedback(decision_id, reward)
         if status:
             self._raise_for(status, decision_id, reward)
