@@ -46,7 +46,8 @@ EXPECTED_TYPES = {
         ("capsule", pa.string()), ("context_key", pa.string()),
         ("features", pa.list_(pa.float64())), ("option_index", pa.uint16()),
         ("option", pa.string()), ("propensity_ppb", pa.uint32()),
-        ("candidate_rule", pa.string()), ("refused", pa.bool_()), ("digest", pa.binary(32)),
+        ("candidate_rule", pa.string()), ("refused", pa.bool_()), ("program_result", pa.string()),
+        ("digest", pa.binary(32)),
     ],
     "feedback": [
         ("wal_sequence", pa.uint64()), ("decision_id", pa.string()),

@@ -20,6 +20,7 @@ from syntra_core.bandits import DEFAULT_SAMPLES, MAX_ARMS, UCB1, ArmTable, BetaT
 from syntra_core.learner import Decision, FeedbackStatus, Learner
 
 from syntra.budget.gate import BudgetSpec, CapsuleBudget, learned_quality_bps
+from syntra.program import ProgramSpec, run_decision
 from syntra.errors import (
     DuplicateFeedback,
     InvalidConfig,
@@ -208,7 +209,7 @@ class Capsule:
     """
 
     __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "_learner",
-                 "_lock", "_budget")
+                 "_lock", "_budget", "_program", "_plain")
 
     def __init__(self, config: dict[str, Any], budget=None):
         self.config = config
@@ -229,19 +230,23 @@ class Capsule:
         self._lock = threading.Lock()
         spec = BudgetSpec.parse(config.get("budget"), self.options)
         self._budget = None if spec is None else CapsuleBudget(spec, budget, self.uid, self.options)
+        program = config.get("program")
+        self._program = None if program is None else ProgramSpec.parse(program, self.options)
+        self._plain = self._budget is None and self._program is None   # decide's fast path
 
-    def decide(self, context_key: str = "") -> Decision:
+    def decide(self, context_key: str = "", *, input: object = None) -> Decision:
         """Choose an option for ``context_key`` (a string naming the context).
 
         A budgeted capsule returns a decision with ``refused`` set when no option's cost
-        fits its account.
+        fits its account. A program capsule runs its program on ``input`` (JSON-like data)
+        and decides at its choice node; other capsules take no input.
         """
         if type(context_key) is not str or len(context_key) > MAX_CONTEXT_KEY or not context_key.isascii():
             _check_context(context_key)
-        if self._budget is None:
+        if self._plain and input is None:
             return self._learner.decide(context_key)
         with self._lock:
-            d, _, error = self._decide_budgeted(context_key)
+            d, _, error = self._decide_locked(context_key, input)
         if error is not None:
             raise error
         return d
@@ -263,14 +268,38 @@ class Capsule:
             _, claim = self._settle_and_apply(decision_id, reward, cost)
         self._budget.finish(claim)
 
-    async def decide_async(self, context_key: str = "") -> Decision:
+    async def decide_async(self, context_key: str = "", *, input: object = None) -> Decision:
         """:meth:`decide` for asyncio callers: a durable capsule awaits its sync without
         blocking the event loop."""
-        return self.decide(context_key)
+        return self.decide(context_key, input=input)
 
     async def feedback_async(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
         """:meth:`feedback` for asyncio callers."""
         self.feedback(decision_id, reward, cost=cost)
+
+    def _decide_locked(self, context_key: str, input: object):
+        """Decide, running the program if there is one (the caller holds the lock):
+        (decision, budget ticket, error to raise once the decision is logged)."""
+        if self._program is not None:
+            return run_decision(self, self._program, context_key, input)
+        if input is not None:
+            raise InvalidContext(f"capsule {self.name!r} has no program, so its decisions take no input")
+        return self._decide_in_program(context_key)
+
+    def _decide_in_program(self, context_key: str):
+        """The decision itself, at a program's choice node or for a plain capsule."""
+        if self._budget is None:
+            return self._learner.decide(context_key), None, None
+        return self._decide_budgeted(context_key)
+
+    def _refuse_after_program(self, d: Decision, cause: object) -> Decision:
+        """Undo decision ``d`` (the latest, pending) after its program failed: give its
+        hold back and make it a refusal."""
+        if self._budget is not None:
+            self._budget.finish(self._budget.settle(self._learner, d.sequence, None))
+            self._budget.refusals += 1
+        kind = type(cause).__name__ if isinstance(cause, Exception) else "error"
+        return self._learner.refuse_last(d, f"program: {kind}")
 
     def _decide_budgeted(self, context_key: str):
         """Decide and hold the cost (the caller holds the lock): (decision, budget ticket,
@@ -399,18 +428,14 @@ class DurableCapsule(Capsule):
         super().__init__(config, budget)
         self._store = store
 
-    def _submit_decision(self, context_key: str):
+    def _submit_decision(self, context_key: str, input: object):
         _check_context(context_key)
-        budget_ticket = error = None
         with self._lock:
             self._store.check()
-            if self._budget is None:
-                d = self._learner.decide(context_key)
-            else:
-                d, budget_ticket, error = self._decide_budgeted(context_key)
+            d, budget_ticket, error = self._decide_locked(context_key, input)
             ticket = self._store.submit(RecordType.DECISION, DecisionRecord(
                 self.uid, d.sequence, time.time_ns(), d.propensity,
-                REFUSED_OPTION if d.refused else d.option_index, context_key,
+                REFUSED_OPTION if d.refused else d.option_index, context_key, result=d.result_json,
             ).encode())
         if error is not None:
             raise error
@@ -432,8 +457,8 @@ class DurableCapsule(Capsule):
             ).encode())
         return ticket, claim
 
-    def decide(self, context_key: str = "") -> Decision:
-        d, ticket, budget_ticket = self._submit_decision(context_key)
+    def decide(self, context_key: str = "", *, input: object = None) -> Decision:
+        d, ticket, budget_ticket = self._submit_decision(context_key, input)
         self._store.wait(ticket)
         if budget_ticket is not None:
             self._budget.budget.wait(budget_ticket)
@@ -445,8 +470,8 @@ class DurableCapsule(Capsule):
         if claim is not None:
             self._budget.finish(claim)
 
-    async def decide_async(self, context_key: str = "") -> Decision:
-        d, ticket, budget_ticket = self._submit_decision(context_key)
+    async def decide_async(self, context_key: str = "", *, input: object = None) -> Decision:
+        d, ticket, budget_ticket = self._submit_decision(context_key, input)
         await self._store.wait_async(ticket)
         if budget_ticket is not None:
             await self._budget.budget.wait_async(budget_ticket)

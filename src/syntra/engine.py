@@ -42,6 +42,7 @@ import blake3
 
 from syntra.budget import Budget
 from syntra.budget.gate import BudgetSpec
+from syntra.program import ProgramSpec
 from syntra.capsule import (
     Capsule,
     DurableCapsule,
@@ -219,9 +220,11 @@ class Engine:
             capsule = self._replay_capsule(entry.capsule_uid, record)
             d = capsule._learner.decide(entry.context_key)
             budgeted = capsule._budget is not None
-            if d.sequence == entry.sequence and budgeted and entry.option_index == REFUSED_OPTION:
-                capsule._learner.refuse_last(d, "budget: refused")
-                capsule._budget.refusals += 1
+            refusable = budgeted or capsule._program is not None
+            if d.sequence == entry.sequence and refusable and entry.option_index == REFUSED_OPTION:
+                capsule._learner.refuse_last(d, "refused")
+                if budgeted:
+                    capsule._budget.refusals += 1
             elif d.sequence == entry.sequence and budgeted and entry.option_index < len(capsule.options):
                 # The budget may have swapped the rule's choice for one that fit.
                 if d.option_index != entry.option_index:
@@ -288,6 +291,8 @@ class Engine:
         algorithm: str = "thompson",
         settings: Mapping[str, Any] | None = None,
         budget: Mapping[str, Any] | None = None,
+        lyc: bytes | None = None,
+        limits: Mapping[str, Any] | None = None,
     ) -> Capsule:
         """Install a capsule under ``name`` and return it.
 
@@ -296,12 +301,17 @@ class Engine:
         ``exploration`` for UCB1). ``budget`` holds each decision's cost on an account of
         :attr:`budget`: ``{"account": name, "costs": {option: microcents},
         "hold_seconds": 300, "value_microcents": ...}`` (see :mod:`syntra.budget.gate`).
+        ``lyc`` makes it a program capsule: compiled Lycan whose one choice node has
+        ``options`` as its options, run under ``limits`` (see :mod:`syntra.program`).
         """
         parsed = CapsuleName.parse(name)
         option_names = _check_options(options)
         spec = RewardSpec.parse(reward)
         settings = _check_settings(algorithm, settings, len(option_names))
         budget_spec = BudgetSpec.parse(budget, option_names)
+        if limits is not None and lyc is None:
+            raise InvalidConfig("limits bound a program: they need lyc")
+        program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits)
         key = str(parsed)
         with self._lock:
             if self._store:
@@ -326,6 +336,8 @@ class Engine:
             }
             if budget_spec is not None:
                 config["budget"] = budget_spec.to_dict(option_names)
+            if program is not None:
+                config["program"] = program
             # Build first, so invalid settings fail before anything is logged.
             capsule = self._build(config)
             if self._store:

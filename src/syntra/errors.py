@@ -63,6 +63,19 @@ class InvalidReward(SyntraError, ValueError):
     """A reward is not finite, or not allowed by the capsule's reward spec."""
 
 
+class ProgramError(SyntraError):
+    """A capsule's Lycan program failed on this input (an error, or a limit it ran into).
+
+    ``cause`` is the Lycan error (or a description). When the program failed after its
+    choice node, that decision was turned into a logged refusal.
+    """
+
+    def __init__(self, capsule: str, cause: object):
+        super().__init__(f"capsule {capsule!r}: its program failed: {cause}")
+        self.capsule = capsule
+        self.cause = cause
+
+
 class StorageError(SyntraError):
     """The durable store failed (I/O error, disk full). The engine refuses further work."""
 

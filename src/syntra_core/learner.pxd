@@ -35,6 +35,10 @@ cdef class Decision:
     cdef readonly str refusal           # why, when refused
     cdef readonly str substituted_for   # the option the rule preferred, when a budget swapped it
     cdef readonly int64_t cost          # microcents held for this decision; 0 without a budget
+    cdef readonly object value          # a program capsule's result (None otherwise)
+    cdef readonly object published      # its published values (a dict), or None
+    cdef readonly str stdout            # what it printed, or None
+    cdef readonly str result_json       # the three as the JSON that is logged, or None
 
 
 cdef class Learner:

@@ -72,6 +72,21 @@ cdef Decision _copy_decision(Decision d):
     out.refusal = d.refusal
     out.substituted_for = d.substituted_for
     out.cost = d.cost
+    out.value = d.value
+    out.published = d.published
+    out.stdout = d.stdout
+    out.result_json = d.result_json
+    return out
+
+
+def with_output(Decision d not None, value, dict published not None, str stdout not None,
+                str result_json not None):
+    """``d`` with the result, published values and stdout of the program that made it."""
+    cdef Decision out = _copy_decision(d)
+    out.value = value
+    out.published = published
+    out.stdout = stdout
+    out.result_json = result_json
     return out
 
 
@@ -110,7 +125,8 @@ cdef class Decision:
         return (self.decision_id == o.decision_id and self.capsule == o.capsule
                 and self.option_index == o.option_index and self.propensity == o.propensity
                 and self.context_key == o.context_key and self.refused == o.refused
-                and self.substituted_for == o.substituted_for and self.cost == o.cost)
+                and self.substituted_for == o.substituted_for and self.cost == o.cost
+                and self.result_json == o.result_json)
 
     def __hash__(self):
         return hash((self.capsule, self.decision_id))

@@ -46,7 +46,8 @@ def log_kind(rtype: int) -> str:
     return "audit"
 
 # u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 propensity, u32 propensity ppb,
-# u16 option index, u16 context key length; then the key in UTF-8.
+# u16 option index, u16 context key length; then the key in UTF-8; then, for a program
+# capsule, the run's output as JSON in UTF-8.
 _DECISION = struct.Struct("<IQQdIHH")
 # u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 reward; then, when the feedback
 # reported what the decision cost, i64 microcents.
@@ -64,6 +65,8 @@ class DecisionRecord:
     context_key: str
     # The propensity in parts per billion, as logged; None when made: round(propensity * 1e9).
     propensity_ppb: int | None = None
+    # A program capsule's result, published values and stdout, as JSON (after the key).
+    result: str | None = None
 
     def __post_init__(self) -> None:
         if self.propensity_ppb is None:
@@ -72,20 +75,23 @@ class DecisionRecord:
 
     def encode(self) -> bytes:
         key = self.context_key.encode()
-        return _DECISION.pack(
+        head = _DECISION.pack(
             self.capsule_uid, self.sequence, self.ts_ns, self.propensity,
             self.propensity_ppb, self.option_index, len(key),
         ) + key
+        return head if self.result is None else head + self.result.encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> DecisionRecord:
         try:
             (uid, sequence, ts_ns, propensity, ppb, option,
              key_length) = _DECISION.unpack_from(payload)
-            key = payload[_DECISION.size:]
-            if len(key) != key_length:
-                raise ValueError(f"context key is {len(key)} bytes, header says {key_length}")
-            return cls(uid, sequence, ts_ns, propensity, option, key.decode(), ppb)
+            end = _DECISION.size + key_length
+            if len(payload) < end:
+                raise ValueError(f"context key is {len(payload) - _DECISION.size} bytes, header says {key_length}")
+            key = payload[_DECISION.size:end].decode()
+            result = payload[end:].decode() if len(payload) > end else None
+            return cls(uid, sequence, ts_ns, propensity, option, key, ppb, result)
         except (struct.error, ValueError) as exc:
             raise StorageCorrupt(f"bad decision record: {exc}") from None
 

@@ -30,7 +30,7 @@ from syntra_core.learner import format_decision_id
 from syntra_core.wal import WalRecord
 
 REWARD_SCALE = 1_000_000  # rewards are also logged in micro-units
-LOG_FORMAT = "2"  # 2: feedback gained cost_microcents, decisions a nullable option
+LOG_FORMAT = "2"  # 2: feedback gained cost_microcents; decisions a nullable option and program_result
 
 
 def _field(name: str, kind: pa.DataType, doc: str, *, nullable: bool = False) -> pa.Field:
@@ -68,7 +68,9 @@ DECISIONS_SCHEMA = _schema("decisions", [
            " billion: round(propensity * 1e9)"),
     _field("candidate_rule", pa.string(), "the decision rule that chose (the capsule's algorithm)"),
     _field("refused", pa.bool_(), "true if the engine refused to decide (no option fit the"
-           " capsule's budget)"),
+           " capsule's budget, or its program failed after choosing)"),
+    _field("program_result", pa.string(), "a program capsule's result, published values and"
+           " stdout, as JSON; null for other capsules", nullable=True),
     _DIGEST,
 ])
 
@@ -216,6 +218,7 @@ class _Converter:
         columns["propensity_ppb"].append(ppb)
         columns["candidate_rule"].append(config["algorithm"])
         columns["refused"].append(refused)
+        columns["program_result"].append(entry.result)
 
     def _feedback(self, record: WalRecord) -> None:
         entry = FeedbackRecord.decode(record.payload)

@@ -1,0 +1,122 @@
+"""Capsules that run a Lycan program: the learning layer picks at the program's choice node.
+
+A program capsule is installed with ``.lyc`` bytes (``Engine.install(name, lyc=...,
+options=[...])``). Its program must have exactly one choice node, whose options are the
+capsule's options, in order. ``cap.decide(context_key, input={...})`` runs the program on
+the request input; when the run reaches the choice node the capsule decides (the rule
+picks, a budget holds the cost), the chosen expression is evaluated, and the run goes on.
+The decision carries the program's result, published values and stdout, and the same
+three are logged with it.
+
+The whole run happens under the capsule's lock, so its decision and its log record stay in
+sequence order; the limits (``limits`` at install, :class:`lycan.Limits` fields) bound how
+long that can be.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import blake3
+import lycan
+from syntra_core.learner import with_output
+
+from syntra.errors import InvalidConfig, ProgramError
+
+# What a capsule's program may use unless its install says otherwise: a decision is on the
+# caller's critical path, so far less than lycan's stand-alone defaults.
+DEFAULT_LIMITS = {"max_steps": 100_000, "max_seconds": 0.05}
+MAX_PROGRAM_BYTES = 1 << 20
+# The logged result (value, published values, stdout) of one decision, as JSON.
+MAX_RESULT_BYTES = 64 << 10
+
+
+@dataclass(frozen=True)
+class ProgramSpec:
+    program: lycan.Program
+    limits: lycan.Limits
+
+    @classmethod
+    def install(cls, lyc: object, options: tuple[str, ...], limits: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Check ``lyc`` against ``options`` and ``limits``; the config entry to store."""
+        if not isinstance(lyc, (bytes, bytearray)) or not 0 < len(lyc) <= MAX_PROGRAM_BYTES:
+            raise InvalidConfig(f"lyc must be the bytes of a compiled program, at most {MAX_PROGRAM_BYTES} bytes")
+        entry = {"lyc": base64.b64encode(bytes(lyc)).decode(), "digest": blake3.blake3(bytes(lyc)).hexdigest(),
+                 "limits": {**DEFAULT_LIMITS, **dict(limits or {})}}
+        cls.parse(entry, options)
+        return entry
+
+    @classmethod
+    def parse(cls, entry: Mapping[str, Any], options: tuple[str, ...]) -> ProgramSpec:
+        lyc = base64.b64decode(entry["lyc"])
+        if blake3.blake3(lyc).hexdigest() != entry["digest"]:
+            raise InvalidConfig("the program's bytes do not match its digest")
+        try:
+            program = lycan.load(lyc)
+        except lycan.LycanError as exc:
+            raise InvalidConfig(f"lyc: {exc}") from None
+        if len(program.choices) != 1:
+            raise InvalidConfig(f"a capsule's program needs exactly one choice node, this one has {len(program.choices)}")
+        if program.choices[0].options != len(options):
+            raise InvalidConfig(
+                f"the program's choice node has {program.choices[0].options} options, the capsule names {len(options)}")
+        limits = entry.get("limits", {})
+        known = {f.name for f in fields(lycan.Limits)}
+        if not isinstance(limits, Mapping) or set(limits) - known:
+            raise InvalidConfig(f"limits must map some of {sorted(known)} to numbers, got {limits!r}")
+        try:
+            return cls(program, lycan.Limits(**limits))
+        except (TypeError, ValueError) as exc:
+            raise InvalidConfig(f"limits: {exc}") from None
+
+
+class _Stop(Exception):
+    """Ends a run at the choice node: the decision was refused, nothing more to compute."""
+
+
+def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: object):
+    """Run ``capsule``'s program and decide at its choice node (the caller holds the lock).
+
+    Returns (decision, budget ticket, error) like ``Capsule._decide_budgeted``: when the
+    program fails after the decision was made, the decision becomes a refusal (its hold, if
+    any, released) so the ledger and the log stay in step, and the error is returned for the
+    caller to raise once it has logged the refusal. A failure before the choice node decides
+    nothing and raises ProgramError at once.
+    """
+    made: list = []
+
+    def chooser(node) -> int:
+        if made:
+            raise lycan.ExecutionError("the choice node was reached a second time in one run")
+        d, ticket, error = capsule._decide_in_program(context_key)
+        made.append((d, ticket, error))
+        if d.refused:
+            raise _Stop()
+        return d.option_index
+
+    try:
+        result = lycan.run(spec.program, input_value, chooser=chooser, limits=spec.limits)
+    except _Stop:
+        return made[0]
+    except lycan.LycanError as exc:
+        if not made:
+            raise ProgramError(capsule.name, exc) from None
+        d, ticket, error = made[0]
+        return capsule._refuse_after_program(d, exc), None, error or ProgramError(capsule.name, exc)
+    if not made:
+        raise ProgramError(capsule.name, "the program finished without reaching its choice node")
+    d, ticket, error = made[0]
+    try:
+        output = result.to_json()
+        logged = json.dumps({k: output[k] for k in ("result", "published", "stdout")},
+                            separators=(",", ":"), allow_nan=False)
+    except (lycan.LycanError, ValueError) as exc:   # a function value, or NaN that escaped
+        return capsule._refuse_after_program(d, exc), None, ProgramError(capsule.name, exc)
+    if len(logged) > MAX_RESULT_BYTES:
+        exc = f"its result is {len(logged)} bytes of JSON, more than {MAX_RESULT_BYTES}"
+        return capsule._refuse_after_program(d, exc), None, ProgramError(capsule.name, exc)
+    return with_output(d, output["result"], output["published"], output["stdout"], logged), ticket, error
