@@ -15,6 +15,7 @@ Kernels reject bad arguments with ``CapabilityError`` naming the kernel and the 
 import math
 from dataclasses import dataclass
 
+from lycan import sandbox
 from lycan.errors import CapabilityError, ExecutionError
 from lycan.values import Array, Map, from_json, is_number, to_json, type_name
 
@@ -41,11 +42,16 @@ class Capability:
 
 
 class RunContext:
-    """What a kernel may see of the run: its input and the values published so far."""
+    """What a kernel may see of the run: its input, the values published so far, the I/O
+    ``policy`` (None: every I/O capability is denied), the run's ``limits`` and its
+    ``deadline`` (a ``time.monotonic()`` value; I/O kernels never wait past it)."""
 
-    def __init__(self, input_value):
+    def __init__(self, input_value, policy=None, limits=None, deadline=None):
         self.input = input_value
         self.published = {}
+        self.policy = policy
+        self.limits = limits
+        self.deadline = deadline
 
 
 def call(name, context, *arguments):
@@ -267,4 +273,24 @@ REGISTRY = {entry.name: entry for entry in (
            "one-step EWMA forecast, alpha in [0, 1]"),
     _entry("ops.autoScaleRecommend", ("load: number", "target: number", "min: int", "max: int"),
            "int", ops_auto_scale_recommend, "clamp(ceil(load / target), min, max)"),
+    # I/O (lycan/sandbox/): refused unless the run's policy grants them.
+    _entry("file.exists", ("path: string",), "bool", sandbox.file_exists,
+           "whether a file or directory exists at a sandbox-relative path (policy: read)",
+           effects=("filesystem-read",)),
+    _entry("file.readText", ("path: string",), "string", sandbox.file_read_text,
+           "the UTF-8 text of a sandboxed file (policy: read, file_max_bytes)",
+           effects=("filesystem-read",)),
+    _entry("file.writeText", ("path: string", "text: string"), "int", sandbox.file_write_text,
+           "atomically writes a sandboxed file, never the policy; gives the bytes written (policy: write)",
+           effects=("filesystem-write",)),
+    _entry("sql.sqliteQuery", ("db: string", "query: string", "params: array|null"), "array<map>",
+           sandbox.sql_sqlite_query,
+           "rows of a read-only SELECT/WITH query on a database the policy lists (sql_max_rows)",
+           effects=("database-read",)),
+    _entry("http.get", ("url: string",), "map", sandbox.http_get,
+           "GET from an allowed public host; gives {status, headers, body}; redirects not followed",
+           effects=("network",)),
+    _entry("http.post", ("url: string", "body: string|array|map"), "map", sandbox.http_post,
+           "POST text or JSON to an allowed public host; gives {status, headers, body}",
+           effects=("network",)),
 )}

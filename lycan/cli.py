@@ -3,6 +3,7 @@
 Every failure prints one line to stderr and exits with status 2.
 
 >>> main(["caps"]) == 0  # doctest: +ELLIPSIS
+file.exists(path: string) -> bool  [effects: filesystem-read] ...
 json.get(value: map|array, key: string|int) -> any  [pure] ...
 True
 """
@@ -16,6 +17,7 @@ from lycan.capabilities import REGISTRY
 from lycan.errors import LycanError
 from lycan.interpreter import Limits
 from lycan.opcodes import BUILTINS, Op
+from lycan.policy import Policy
 
 
 def main(argv=None):
@@ -55,6 +57,7 @@ def _parser():
                       help="comma-separated option index per choice node, in node order (default 0)")
     run_.add_argument("--max-steps", type=int, default=Limits.max_steps)
     run_.add_argument("--max-seconds", type=float, default=Limits.max_seconds)
+    run_.add_argument("--policy", help="a policy.json granting I/O capabilities (default: deny all I/O)")
     run_.set_defaults(handler=_run)
 
     inspect = commands.add_parser("inspect", help="verify a .lyc file and show its contents")
@@ -86,9 +89,11 @@ def _run(args):
         with open(args.input, encoding="utf-8") as file:
             input_value = json.load(file, parse_constant=_reject_constant)
     picks = [int(part) for part in args.choose.split(",") if part.strip()]
+    policy = Policy.load(args.policy) if args.policy else None
     result = run(program, input_value,
                  chooser=lambda node: picks[node.index] if node.index < len(picks) else 0,
-                 limits=Limits(max_steps=args.max_steps, max_seconds=args.max_seconds))
+                 limits=Limits(max_steps=args.max_steps, max_seconds=args.max_seconds),
+                 policy=policy)
     print(json.dumps(result.to_json(), ensure_ascii=False))
     return 0
 

@@ -23,6 +23,7 @@ from lycan.capabilities import REGISTRY, RunContext
 from lycan.errors import ExecutionError, LimitExceeded
 from lycan.format import Program, decode
 from lycan.opcodes import BUILTINS, Op
+from lycan.policy import Policy
 from lycan.values import Array, Function, Map, display, is_number, type_name
 from lycan.verifier import verify
 
@@ -73,16 +74,19 @@ class RunResult:
         }
 
 
-def run(program, input=None, *, chooser=None, limits=None, capabilities=REGISTRY):
+def run(program, input=None, *, chooser=None, limits=None, capabilities=REGISTRY, policy=None):
     """Verify and run a program (a ``Program`` or ``.lyc`` bytes) on JSON-like ``input``.
 
     ``chooser(node)`` is called at each choice node with its ``ChoiceNode`` and returns the
-    index of the option to take.
+    index of the option to take. ``policy`` (a ``lycan.policy.Policy``) grants the I/O
+    capabilities; without one every I/O capability is denied.
     """
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a lycan.policy.Policy or None, got {type(policy).__name__}")
     if not isinstance(program, Program):
         program = decode(program)
     verify(program, capabilities)
-    return _Machine(program, chooser, limits or Limits(), capabilities).run(input)
+    return _Machine(program, chooser, limits or Limits(), capabilities, policy).run(input)
 
 
 class _Frame:
@@ -97,7 +101,8 @@ class _Frame:
 
 
 class _Machine:
-    def __init__(self, program, chooser, limits, capabilities):
+    def __init__(self, program, chooser, limits, capabilities, policy=None):
+        self.policy = policy
         self.program = program
         self.chooser = chooser
         self.limits = limits
@@ -108,9 +113,10 @@ class _Machine:
 
     def run(self, input_value):
         limits = self.limits
-        self.context = RunContext(values.from_json(
-            input_value, limits.max_nesting, limits.max_array_length, limits.max_string_length))
         self.deadline = time.monotonic() + limits.max_seconds
+        self.context = RunContext(values.from_json(
+            input_value, limits.max_nesting, limits.max_array_length, limits.max_string_length),
+            policy=self.policy, limits=limits, deadline=self.deadline)
         self.steps = 0
         frame = self.new_frame(0, [])
         self.frames = [frame]

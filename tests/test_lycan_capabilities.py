@@ -158,7 +158,9 @@ def test_runtime_kernels_read_the_input_and_publish():
 def test_registry_entries_describe_themselves():
     expected = {"runtime.input", "runtime.inputGet", "runtime.publish", "json.get", "json.has",
                 "json.len", "stats.mean", "stats.stdDev", "stats.min", "stats.max",
-                "stats.percentile", "series.ewmaForecast", "ops.autoScaleRecommend"}
+                "stats.percentile", "series.ewmaForecast", "ops.autoScaleRecommend",
+                "file.exists", "file.readText", "file.writeText", "sql.sqliteQuery", "http.get",
+                "http.post"}
     assert set(REGISTRY) == expected
     for capability in REGISTRY.values():
         assert capability.pure == (not capability.effects)

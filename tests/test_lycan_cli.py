@@ -54,7 +54,7 @@ def test_compile_run_inspect(files, capsys):
 def test_caps_lists_every_capability(capsys):
     assert main(["caps"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 13
+    assert len(lines) == 19  # 13 pure/runtime kernels + 6 I/O kernels (lycan/sandbox/)
     assert any(line.startswith("runtime.publish(name: string, value: any) -> any  [effects: publish]")
                for line in lines)
 
