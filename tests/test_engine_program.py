@@ -142,3 +142,52 @@ def test_a_plain_capsule_takes_no_input():
     cap = Engine.memory().install(NAME, options=OPTIONS)
     with pytest.raises(InvalidContext, match="no program"):
         cap.decide("eu", input={"x": 1})
+
+
+READER = lycan.compile_bytes('''
+($ text (!cap "file.readText" "limits.txt"))
+(!cap "runtime.publish" "limits" text)
+(choice 1 2)
+''')
+
+
+def test_io_is_refused_without_a_policy():
+    cap = install(Engine.memory(), READER)
+    with pytest.raises(ProgramError, match="denied") as raised:
+        cap.decide("eu")
+    assert isinstance(raised.value.cause, lycan.CapabilityError)
+    assert cap.decisions == 0
+
+
+def test_a_policy_grants_reads_in_the_capsules_own_sandbox(tmp_path):
+    engine = Engine.open(tmp_path, seed=1)
+    install(engine, READER, policy={"root": "files", "read": True})
+    sandbox = tmp_path / "sandboxes" / "acme" / "fleet" / "autoscale" / "files"
+    assert sandbox.is_dir()                       # created at install
+    (sandbox / "limits.txt").write_text("max 40 instances")
+    assert engine.capsule(NAME).decide("eu").published == {"limits": "max 40 instances"}
+    engine.close()
+    engine = Engine.open(tmp_path)                # the policy comes back with the capsule
+    assert engine.capsule(NAME).decide("eu").published == {"limits": "max 40 instances"}
+    engine.close()
+
+
+@pytest.mark.parametrize("policy, message", [
+    ({"root": "../../elsewhere", "read": True}, "leaves the capsule's sandbox"),
+    ({"root": "files", "colour": "red"}, "unknown field"),
+    ({"write": "yes"}, "policy field 'write'"),
+])
+def test_a_bad_policy_is_refused_at_install(tmp_path, policy, message):
+    engine = Engine.open(tmp_path, seed=1)
+    with pytest.raises(InvalidConfig, match=message):
+        install(engine, READER, policy=policy)
+    assert NAME not in engine
+    engine.close()
+
+
+def test_an_in_memory_engine_needs_an_absolute_root(tmp_path):
+    with pytest.raises(InvalidConfig, match="must be absolute"):
+        install(Engine.memory(), READER, policy={"root": "files", "read": True})
+    (tmp_path / "limits.txt").write_text("7")
+    cap = install(Engine.memory(), READER, policy={"root": str(tmp_path), "read": True})
+    assert cap.decide("eu").published == {"limits": "7"}

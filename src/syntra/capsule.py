@@ -211,7 +211,7 @@ class Capsule:
     __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "_learner",
                  "_lock", "_budget", "_program", "_plain")
 
-    def __init__(self, config: dict[str, Any], budget=None):
+    def __init__(self, config: dict[str, Any], budget=None, sandbox=None):
         self.config = config
         self.name = config["name"]
         self.uid = config["uid"]
@@ -231,7 +231,7 @@ class Capsule:
         spec = BudgetSpec.parse(config.get("budget"), self.options)
         self._budget = None if spec is None else CapsuleBudget(spec, budget, self.uid, self.options)
         program = config.get("program")
-        self._program = None if program is None else ProgramSpec.parse(program, self.options)
+        self._program = None if program is None else ProgramSpec.parse(program, self.options, sandbox)
         self._plain = self._budget is None and self._program is None   # decide's fast path
 
     def decide(self, context_key: str = "", *, input: object = None) -> Decision:
@@ -424,8 +424,8 @@ class DurableCapsule(Capsule):
 
     __slots__ = ("_store",)
 
-    def __init__(self, config: dict[str, Any], store, budget=None):
-        super().__init__(config, budget)
+    def __init__(self, config: dict[str, Any], store, budget=None, sandbox=None):
+        super().__init__(config, budget, sandbox)
         self._store = store
 
     def _submit_decision(self, context_key: str, input: object):

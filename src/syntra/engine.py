@@ -78,6 +78,7 @@ def _derive(label: bytes, *parts: bytes, size: int) -> bytes:
 
 
 BUDGET_DIRECTORY = "budget"
+SANDBOX_DIRECTORY = "sandboxes"
 
 
 class Engine:
@@ -261,8 +262,13 @@ class Engine:
 
     def _build(self, config: dict[str, Any]) -> Capsule:
         if self._store:
-            return DurableCapsule(config, self._store, self.budget)
+            return DurableCapsule(config, self._store, self.budget, self._sandbox(config["name"]))
         return Capsule(config, self.budget)
+
+    def _sandbox(self, name: str) -> Path:
+        """The directory a program capsule's policy roots its files in (durable engines)."""
+        parsed = CapsuleName.parse(name)
+        return self._store.path / SANDBOX_DIRECTORY / parsed.tenant / parsed.job / parsed.capsule
 
     def _register(self, config: dict[str, Any], capsule: Capsule | None = None) -> Capsule:
         """Make ``capsule`` (built from ``config`` if not given) installed, with its bookkeeping."""
@@ -293,6 +299,7 @@ class Engine:
         budget: Mapping[str, Any] | None = None,
         lyc: bytes | None = None,
         limits: Mapping[str, Any] | None = None,
+        policy: Mapping[str, Any] | None = None,
     ) -> Capsule:
         """Install a capsule under ``name`` and return it.
 
@@ -302,16 +309,18 @@ class Engine:
         :attr:`budget`: ``{"account": name, "costs": {option: microcents},
         "hold_seconds": 300, "value_microcents": ...}`` (see :mod:`syntra.budget.gate`).
         ``lyc`` makes it a program capsule: compiled Lycan whose one choice node has
-        ``options`` as its options, run under ``limits`` (see :mod:`syntra.program`).
+        ``options`` as its options, run under ``limits`` and an I/O ``policy`` (see
+        :mod:`syntra.program`; without a policy every I/O capability is refused).
         """
         parsed = CapsuleName.parse(name)
         option_names = _check_options(options)
         spec = RewardSpec.parse(reward)
         settings = _check_settings(algorithm, settings, len(option_names))
         budget_spec = BudgetSpec.parse(budget, option_names)
-        if limits is not None and lyc is None:
-            raise InvalidConfig("limits bound a program: they need lyc")
-        program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits)
+        if (limits is not None or policy is not None) and lyc is None:
+            raise InvalidConfig("limits and policy bound a program: they need lyc")
+        sandbox = self._sandbox(str(parsed)) if self._store else None
+        program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits, policy, sandbox)
         key = str(parsed)
         with self._lock:
             if self._store:

@@ -10,22 +10,28 @@ three are logged with it.
 
 The whole run happens under the capsule's lock, so its decision and its log record stay in
 sequence order; the limits (``limits`` at install, :class:`lycan.Limits` fields) bound how
-long that can be.
+long that can be. Its I/O capabilities are refused unless the install gave a ``policy``
+(``lycan/README.md``); in a durable engine each capsule's sandbox lives under the store's
+``sandboxes/<tenant>/<job>/<capsule>/``.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import blake3
 import lycan
+from lycan.policy import Policy, PolicyError
 from syntra_core.learner import with_output
 
 from syntra.errors import InvalidConfig, ProgramError
+from syntra.store.files import make_directory
 
 # What a capsule's program may use unless its install says otherwise: a decision is on the
 # caller's critical path, so far less than lycan's stand-alone defaults.
@@ -39,19 +45,27 @@ MAX_RESULT_BYTES = 64 << 10
 class ProgramSpec:
     program: lycan.Program
     limits: lycan.Limits
+    policy: Policy | None  # None: every I/O capability is refused
 
     @classmethod
-    def install(cls, lyc: object, options: tuple[str, ...], limits: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Check ``lyc`` against ``options`` and ``limits``; the config entry to store."""
+    def install(cls, lyc: object, options: tuple[str, ...], limits: Mapping[str, Any] | None,
+                policy: Mapping[str, Any] | None, sandbox: Path | None) -> dict[str, Any]:
+        """Check ``lyc`` against ``options``, ``limits`` and ``policy``; the config entry to
+        store."""
         if not isinstance(lyc, (bytes, bytearray)) or not 0 < len(lyc) <= MAX_PROGRAM_BYTES:
             raise InvalidConfig(f"lyc must be the bytes of a compiled program, at most {MAX_PROGRAM_BYTES} bytes")
         entry = {"lyc": base64.b64encode(bytes(lyc)).decode(), "digest": blake3.blake3(bytes(lyc)).hexdigest(),
                  "limits": {**DEFAULT_LIMITS, **dict(limits or {})}}
-        cls.parse(entry, options)
+        if policy is not None:
+            entry["policy"] = policy
+        cls.parse(entry, options, sandbox)
         return entry
 
     @classmethod
-    def parse(cls, entry: Mapping[str, Any], options: tuple[str, ...]) -> ProgramSpec:
+    def parse(cls, entry: Mapping[str, Any], options: tuple[str, ...], sandbox: Path | None) -> ProgramSpec:
+        """The spec a config entry describes. A policy's relative ``root`` is a directory
+        under ``sandbox`` (the capsule's own, in a durable engine's store), created if
+        missing; an in-memory engine has none, so its policies name absolute roots."""
         lyc = base64.b64decode(entry["lyc"])
         if blake3.blake3(lyc).hexdigest() != entry["digest"]:
             raise InvalidConfig("the program's bytes do not match its digest")
@@ -69,9 +83,25 @@ class ProgramSpec:
         if not isinstance(limits, Mapping) or set(limits) - known:
             raise InvalidConfig(f"limits must map some of {sorted(known)} to numbers, got {limits!r}")
         try:
-            return cls(program, lycan.Limits(**limits))
+            limits = lycan.Limits(**limits)
         except (TypeError, ValueError) as exc:
             raise InvalidConfig(f"limits: {exc}") from None
+        return cls(program, limits, _policy(entry.get("policy"), sandbox))
+
+
+def _policy(data: object, sandbox: Path | None) -> Policy | None:
+    if data is None:
+        return None
+    root = data.get("root") if isinstance(data, Mapping) else None
+    if sandbox is not None and isinstance(root, str) and root and not os.path.isabs(root):
+        resolved = os.path.normpath(sandbox / root)
+        if resolved != str(sandbox) and not resolved.startswith(str(sandbox) + os.sep):
+            raise InvalidConfig(f"policy: root {root!r} leaves the capsule's sandbox directory")
+        make_directory(Path(resolved))
+    try:
+        return Policy.from_dict(data, base_dir=None if sandbox is None else str(sandbox))
+    except PolicyError as exc:
+        raise InvalidConfig(f"policy: {exc}") from None
 
 
 class _Stop(Exception):
@@ -99,7 +129,7 @@ def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: obje
         return d.option_index
 
     try:
-        result = lycan.run(spec.program, input_value, chooser=chooser, limits=spec.limits)
+        result = lycan.run(spec.program, input_value, chooser=chooser, limits=spec.limits, policy=spec.policy)
     except _Stop:
         return made[0]
     except lycan.LycanError as exc:
