@@ -80,8 +80,10 @@ def _numbers(capability, argument, values):
         raise CapabilityError(capability, argument, f"must be an array of numbers, got {type_name(values)}")
     if not values:
         raise CapabilityError(capability, argument, "must not be empty")
-    for position, value in enumerate(values):
-        if not is_number(value) or not math.isfinite(value):
+    for value in values:
+        kind = type(value)
+        if (kind is not int and kind is not float) or value - value != 0:   # not a finite number
+            position = next(i for i, v in enumerate(values) if v is value)
             raise CapabilityError(capability, argument,
                                   f"element {position} must be a finite number, got {type_name(value)} {value!r}")
     return values
@@ -173,15 +175,40 @@ def json_len(context, value):
 
 def stats_mean(context, values):
     _numbers("stats.mean", "values", values)
-    return _finite("stats.mean", "values", lambda: math.fsum(values) / len(values))
+    return _finite("stats.mean", "values", lambda: _mean(values))
+
+
+def _mean(values):
+    n = len(values)
+    try:
+        total = math.fsum(values)   # exactly rounded: ordinary inputs give the textbook answer
+    except OverflowError:
+        total = math.inf
+    if math.isfinite(total):
+        return total / n
+    # The sum overflowed although every value is finite: summing shares keeps it in range.
+    return math.fsum(v / n for v in values)
 
 
 def stats_std_dev(context, values):
     """Population standard deviation (divides by n)."""
     _numbers("stats.stdDev", "values", values)
-    mean = _finite("stats.stdDev", "values", lambda: math.fsum(values) / len(values))
-    return _finite("stats.stdDev", "values",
-                   lambda: math.sqrt(math.fsum((v - mean) ** 2 for v in values) / len(values)))
+
+    def std_dev():
+        mean = _mean(values)
+        try:
+            spread = math.fsum((v - mean) ** 2 for v in values)
+        except OverflowError:
+            spread = math.inf
+        if math.isfinite(spread):
+            return math.sqrt(spread / len(values))
+        # The squares overflowed: scale to [-1, 1] first, where they cannot.
+        scale = max(abs(v) for v in values)
+        scaled = [v / scale for v in values]
+        centre = _mean(scaled)
+        return scale * math.sqrt(math.fsum((v - centre) ** 2 for v in scaled) / len(scaled))
+
+    return _finite("stats.stdDev", "values", std_dev)
 
 
 def stats_min(context, values):
@@ -202,8 +229,10 @@ def stats_percentile(context, values, p):
     low = math.floor(rank)
     high = min(low + 1, len(ordered) - 1)
     fraction = rank - low
+    a, b = ordered[low], ordered[high]
+    # numpy's lerp: from the nearer end, so results match it to the last bit.
     return _finite("stats.percentile", "values",
-                   lambda: ordered[low] + (ordered[high] - ordered[low]) * fraction)
+                   lambda: a + (b - a) * fraction if fraction < 0.5 else b - (b - a) * (1 - fraction))
 
 
 # ---- series and ops -------------------------------------------------------------------------

@@ -74,18 +74,23 @@ class RunResult:
         }
 
 
-def run(program, input=None, *, chooser=None, limits=None, capabilities=REGISTRY, policy=None):
+def run(program, input=None, *, chooser=None, limits=None, capabilities=REGISTRY, policy=None,
+        verified=False):
     """Verify and run a program (a ``Program`` or ``.lyc`` bytes) on JSON-like ``input``.
 
     ``chooser(node)`` is called at each choice node with its ``ChoiceNode`` and returns the
     index of the option to take. ``policy`` (a ``lycan.policy.Policy``) grants the I/O
-    capabilities; without one every I/O capability is denied.
+    capabilities; without one every I/O capability is denied. ``verified=True`` skips the
+    verification, for a ``Program`` that ``lycan.load`` or ``lycan.verify`` (with the same
+    capabilities) already returned: a host that runs one program many times checks it once.
     """
     if policy is not None and not isinstance(policy, Policy):
         raise TypeError(f"policy must be a lycan.policy.Policy or None, got {type(policy).__name__}")
     if not isinstance(program, Program):
         program = decode(program)
-    verify(program, capabilities)
+        verified = False
+    if not verified:
+        verify(program, capabilities)
     return _Machine(program, chooser, limits or Limits(), capabilities, policy).run(input)
 
 

@@ -129,7 +129,9 @@ def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: obje
         return d.option_index
 
     try:
-        result = lycan.run(spec.program, input_value, chooser=chooser, limits=spec.limits, policy=spec.policy)
+        # Verified once, at install (or when the capsule was rebuilt): not on every decision.
+        result = lycan.run(spec.program, input_value, chooser=chooser, limits=spec.limits,
+                           policy=spec.policy, verified=True)
     except _Stop:
         return made[0]
     except lycan.LycanError as exc:
