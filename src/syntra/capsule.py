@@ -281,6 +281,9 @@ class Capsule:
         """Decide, running the program if there is one (the caller holds the lock):
         (decision, budget ticket, error to raise once the decision is logged)."""
         if self._program is not None:
+            if self._program.context_key is not None and not context_key:
+                context_key = self._program.context_of(input)
+                _check_context(context_key)
             return run_decision(self, self._program, context_key, input)
         if input is not None:
             raise InvalidContext(f"capsule {self.name!r} has no program, so its decisions take no input")

@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_command in (_add_simulate, _add_demo, _add_logs, _add_verify, _add_budget):
+    for add_command in (_add_simulate, _add_demo, _add_logs, _add_verify, _add_budget, _add_author):
         add_command(subparsers)
     return parser
 
@@ -526,6 +526,30 @@ def _budget_table(state) -> str:
     table = _table(["account", "funded", "remaining", "reserved", "committed", "exposure cap", "holds"],
                    rows, "<>>>>>>") if rows else "no accounts"
     return f"{table}\n({owner}; amounts in microcents)"
+
+
+# --- author ------------------------------------------------------------------------------
+
+
+def _add_author(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "author",
+        help="turn a capsule spec (YAML) into a capsule directory Engine.install_dir installs",
+        description="Check every field of SPEC (an error names its YAML path), compile its Lycan "
+        "program, and write program.lycs, program.lyc, learning.json, reward_spec.json and "
+        "manifest.json (with each file's BLAKE3) into DIR; a policy.json beside SPEC is copied.",
+    )
+    parser.add_argument("spec", metavar="SPEC", help="the capsule spec, capsule.yaml")
+    parser.add_argument("--out-dir", required=True, metavar="DIR", help="where to write the capsule")
+    parser.set_defaults(run=_run_author, parser=parser)
+
+
+def _run_author(args: argparse.Namespace) -> int:
+    from syntra.authoring import author
+
+    manifest = author(args.spec, args.out_dir)
+    print(f"wrote {manifest['name']} {manifest['version']} ({len(manifest['options'])} options) to {args.out_dir}")
+    return 0
 
 
 # --- shared ------------------------------------------------------------------------------

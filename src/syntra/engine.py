@@ -300,6 +300,7 @@ class Engine:
         lyc: bytes | None = None,
         limits: Mapping[str, Any] | None = None,
         policy: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> Capsule:
         """Install a capsule under ``name`` and return it.
 
@@ -310,17 +311,18 @@ class Engine:
         "hold_seconds": 300, "value_microcents": ...}`` (see :mod:`syntra.budget.gate`).
         ``lyc`` makes it a program capsule: compiled Lycan whose one choice node has
         ``options`` as its options, run under ``limits`` and an I/O ``policy`` (see
-        :mod:`syntra.program`; without a policy every I/O capability is refused).
+        :mod:`syntra.program`; without a policy every I/O capability is refused);
+        ``context={"kind": "discrete", "key": "a.b"}`` takes the context key from the input.
         """
         parsed = CapsuleName.parse(name)
         option_names = _check_options(options)
         spec = RewardSpec.parse(reward)
         settings = _check_settings(algorithm, settings, len(option_names))
         budget_spec = BudgetSpec.parse(budget, option_names)
-        if (limits is not None or policy is not None) and lyc is None:
-            raise InvalidConfig("limits and policy bound a program: they need lyc")
+        if (limits is not None or policy is not None or context is not None) and lyc is None:
+            raise InvalidConfig("limits, policy and context belong to a program: they need lyc")
         sandbox = self._sandbox(str(parsed)) if self._store else None
-        program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits, policy, sandbox)
+        program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits, policy, sandbox, context)
         key = str(parsed)
         with self._lock:
             if self._store:
@@ -353,6 +355,14 @@ class Engine:
                 self._store.record(RecordType.CAPSULE_INSTALLED,
                                    encode_json({**config, "ts_ns": time.time_ns()}))
             return self._register(config, capsule)
+
+    def install_dir(self, name: str, path: str | Path, **overrides: Any) -> Capsule:
+        """Install the capsule directory at ``path`` (written by ``syntra author``) under
+        ``name``; every file is checked against its manifest first. ``overrides`` (a
+        ``budget``, say) are passed on to :meth:`install`."""
+        from syntra.authoring import read_capsule_dir
+
+        return self.install(name, **{**read_capsule_dir(path), **overrides})
 
     def capsule(self, name: str) -> Capsule:
         """The capsule installed under ``name``."""

@@ -30,7 +30,7 @@ import lycan
 from lycan.policy import Policy, PolicyError
 from syntra_core.learner import with_output
 
-from syntra.errors import InvalidConfig, ProgramError
+from syntra.errors import InvalidConfig, InvalidContext, ProgramError
 from syntra.store.files import make_directory
 
 # What a capsule's program may use unless its install says otherwise: a decision is on the
@@ -46,10 +46,12 @@ class ProgramSpec:
     program: lycan.Program
     limits: lycan.Limits
     policy: Policy | None  # None: every I/O capability is refused
+    context_key: tuple[str, ...] | None  # where in the input the context key is, if anywhere
 
     @classmethod
     def install(cls, lyc: object, options: tuple[str, ...], limits: Mapping[str, Any] | None,
-                policy: Mapping[str, Any] | None, sandbox: Path | None) -> dict[str, Any]:
+                policy: Mapping[str, Any] | None, sandbox: Path | None,
+                context: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Check ``lyc`` against ``options``, ``limits`` and ``policy``; the config entry to
         store."""
         if not isinstance(lyc, (bytes, bytearray)) or not 0 < len(lyc) <= MAX_PROGRAM_BYTES:
@@ -58,6 +60,8 @@ class ProgramSpec:
                  "limits": {**DEFAULT_LIMITS, **dict(limits or {})}}
         if policy is not None:
             entry["policy"] = policy
+        if context is not None:
+            entry["context"] = dict(context)
         cls.parse(entry, options, sandbox)
         return entry
 
@@ -86,7 +90,28 @@ class ProgramSpec:
             limits = lycan.Limits(**limits)
         except (TypeError, ValueError) as exc:
             raise InvalidConfig(f"limits: {exc}") from None
-        return cls(program, limits, _policy(entry.get("policy"), sandbox))
+        return cls(program, limits, _policy(entry.get("policy"), sandbox), _context_path(entry.get("context")))
+
+    def context_of(self, input_value: object) -> str:
+        """The context key the input names (``contextSpec`` kind discrete)."""
+        value = input_value
+        for part in self.context_key:
+            if not isinstance(value, Mapping) or part not in value:
+                raise InvalidContext(f"the input has no {'.'.join(self.context_key)!r}, which contextSpec names")
+            value = value[part]
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise InvalidContext(f"input {'.'.join(self.context_key)!r} must be a string or an integer to key a"
+                                 f" context, got {type(value).__name__}")
+        return str(value)
+
+
+def _context_path(spec: object) -> tuple[str, ...] | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping) or spec.get("kind") != "discrete" or set(spec) != {"kind", "key"} \
+            or not isinstance(spec["key"], str) or not all(spec["key"].split(".")):
+        raise InvalidConfig(f"context must be {{'kind': 'discrete', 'key': 'a.b'}}, got {spec!r}")
+    return tuple(spec["key"].split("."))
 
 
 def _policy(data: object, sandbox: Path | None) -> Policy | None:

@@ -1,0 +1,250 @@
+"""Authoring program capsules from YAML: ``syntra author capsule.yaml --out-dir DIR``.
+
+A spec names the capsule and its options, holds (or points to) its Lycan program, and says
+how it learns. ``author`` checks every field, compiles the program, and writes a capsule
+directory that ``Engine.install_dir`` installs:
+
+    program.lycs      the source
+    program.lyc       the compiled program
+    learning.json     algorithm, its settings, contextSpec, program limits
+    reward_spec.json  the reward's type (and range)
+    manifest.json     name, version, options, and the BLAKE3 of every file above
+
+A spec (every field but ``program``/``program_file`` and ``options`` is optional)::
+
+    name: predictive-autoscaling
+    version: 1.0.0
+    options: [hold, forecast_match, forecast_headroom, p95_safe]
+    program_file: program.lycs         # or program: | (the source inline)
+    reward: {type: continuous, range: [0, 1]}
+    algorithm: thompson                # thompson or ucb1
+    settings: {samples: 128}
+    contextSpec: {kind: discrete, key: service}   # the context key is input["service"]
+    limits: {max_steps: 50000, max_seconds: 0.02}
+
+An error names the YAML path of the field at fault (``reward.range[1]``, ``options[2]``).
+A ``policy.json`` beside the spec is copied into the directory; the capsule's program can
+never write it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import blake3
+import lycan
+import yaml
+
+from syntra.capsule import ALGORITHMS, MAX_OPTION_NAME, MAX_OPTIONS
+from syntra.errors import SyntraError
+from syntra.store.files import make_directory, write_atomically
+
+FILES = ("program.lycs", "program.lyc", "learning.json", "reward_spec.json")
+MANIFEST = "manifest.json"
+POLICY = "policy.json"
+_FIELDS = {"name", "version", "options", "program", "program_file", "reward", "algorithm",
+           "settings", "contextSpec", "limits"}
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+_KEY_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\Z")
+
+
+class AuthoringError(SyntraError, ValueError):
+    """A capsule spec or directory is invalid; ``path`` names the field (``reward.range``)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+
+
+def author(spec_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """Check the spec at ``spec_path``, compile its program and write the capsule directory
+    ``out_dir``; returns the manifest."""
+    spec_path = Path(spec_path)
+    try:
+        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AuthoringError("", f"cannot read {spec_path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise AuthoringError("", f"{spec_path} is not valid YAML: {exc}") from None
+    if not isinstance(spec, dict):
+        raise AuthoringError("", f"{spec_path} must hold a mapping of fields")
+    for key in spec:
+        if key not in _FIELDS:
+            raise AuthoringError(str(key), f"unknown field (known: {', '.join(sorted(_FIELDS))})")
+    name = _required(spec, "name", str)
+    if not _NAME.match(name):
+        raise AuthoringError("name", f"must be 1-128 of [A-Za-z0-9_-], got {name!r}")
+    version = spec.get("version", "0")
+    if not isinstance(version, (str, int)) or isinstance(version, bool):
+        raise AuthoringError("version", f"must be a string or an integer, got {version!r}")
+    options = _options(spec.get("options"))
+    source = _source(spec, spec_path.parent)
+    try:
+        compiled = lycan.compile_bytes(source)
+    except lycan.LycanError as exc:
+        raise AuthoringError("program", str(exc)) from None
+    program = lycan.load(compiled)
+    if len(program.choices) != 1 or program.choices[0].options != len(options):
+        found = [c.options for c in program.choices]
+        raise AuthoringError("program", f"needs one choice node with {len(options)} options (one per entry of "
+                                        f"options), has choice nodes with {found}")
+    learning = {
+        "algorithm": _algorithm(spec.get("algorithm", "thompson")),
+        "settings": _mapping(spec, "settings"),
+        "contextSpec": _context_spec(spec.get("contextSpec")),
+        "limits": _limits(spec.get("limits")),
+    }
+    reward = _reward(spec.get("reward", {"type": "bernoulli"}))
+    contents = {
+        "program.lycs": source.encode(),
+        "program.lyc": compiled,
+        "learning.json": _json(learning),
+        "reward_spec.json": _json(reward),
+    }
+    manifest = {"name": name, "version": str(version), "options": options, "lycan_format": lycan.__version__,
+                "files": {f: blake3.blake3(contents[f]).hexdigest() for f in FILES}}
+    out_dir = Path(out_dir)
+    make_directory(out_dir)
+    for filename, data in contents.items():
+        write_atomically(out_dir / filename, lambda file, data=data: file.write(data))
+    policy = spec_path.parent / POLICY
+    if policy.is_file():
+        shutil.copyfile(policy, out_dir / POLICY)
+    manifest_bytes = _json(manifest)
+    write_atomically(out_dir / MANIFEST, lambda file: file.write(manifest_bytes))
+    return manifest
+
+
+def read_capsule_dir(path: str | Path) -> dict[str, Any]:
+    """The ``Engine.install`` arguments a capsule directory holds, after checking every
+    file against the manifest."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        contents = {f: (path / f).read_bytes() for f in FILES}
+    except OSError as exc:
+        raise AuthoringError("", f"{path} is not a capsule directory: {exc.filename}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise AuthoringError(MANIFEST, f"is not valid JSON: {exc}") from None
+    for filename, data in contents.items():
+        if blake3.blake3(data).hexdigest() != manifest.get("files", {}).get(filename):
+            raise AuthoringError(filename, "does not match the manifest's digest")
+    learning = json.loads(contents["learning.json"])
+    arguments = {
+        "options": manifest["options"],
+        "lyc": contents["program.lyc"],
+        "reward": json.loads(contents["reward_spec.json"]),
+        "algorithm": learning["algorithm"],
+        "settings": learning["settings"],
+        "limits": learning["limits"],
+        "context": learning["contextSpec"],
+    }
+    if (path / POLICY).is_file():
+        try:
+            arguments["policy"] = json.loads((path / POLICY).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise AuthoringError(POLICY, f"is not valid JSON: {exc}") from None
+    return arguments
+
+
+# --- fields -------------------------------------------------------------------------------
+
+
+def _required(spec: Mapping, key: str, kind: type) -> Any:
+    if key not in spec:
+        raise AuthoringError(key, "is required")
+    value = spec[key]
+    if not isinstance(value, kind):
+        raise AuthoringError(key, f"must be a {kind.__name__}, got {value!r}")
+    return value
+
+
+def _options(value: object) -> list[str]:
+    if not isinstance(value, list) or not 2 <= len(value) <= MAX_OPTIONS:
+        raise AuthoringError("options", f"must be a list of 2 to {MAX_OPTIONS} option names, got {value!r}")
+    for i, option in enumerate(value):
+        if not isinstance(option, str) or not 1 <= len(option) <= MAX_OPTION_NAME:
+            raise AuthoringError(f"options[{i}]", f"must be a name of 1-{MAX_OPTION_NAME} characters, got {option!r}")
+        if option in value[:i]:
+            raise AuthoringError(f"options[{i}]", f"repeats {option!r}")
+    return value
+
+
+def _source(spec: Mapping, base: Path) -> str:
+    if ("program" in spec) == ("program_file" in spec):
+        raise AuthoringError("program", "give exactly one of program (the source) and program_file")
+    if "program" in spec:
+        return _required(spec, "program", str)
+    relative = _required(spec, "program_file", str)
+    try:
+        return (base / relative).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AuthoringError("program_file", f"cannot read {relative}: {exc.strerror}") from None
+
+
+def _algorithm(value: object) -> str:
+    if value not in ALGORITHMS:
+        raise AuthoringError("algorithm", f"must be one of {sorted(ALGORITHMS)}, got {value!r}")
+    return value
+
+
+def _mapping(spec: Mapping, key: str) -> dict[str, Any]:
+    value = spec.get(key, {})
+    if not isinstance(value, dict):
+        raise AuthoringError(key, f"must be a mapping, got {value!r}")
+    return value
+
+
+def _context_spec(value: object) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) - {"kind", "key"}:
+        raise AuthoringError("contextSpec", f"must be {{kind: discrete, key: <input path>}}, got {value!r}")
+    if value.get("kind") != "discrete":
+        raise AuthoringError("contextSpec.kind", f"must be 'discrete', got {value.get('kind')!r}")
+    key = value.get("key")
+    if not isinstance(key, str) or not _KEY_PATH.match(key):
+        raise AuthoringError("contextSpec.key", f"must be a dot path into the input (a.b.c), got {key!r}")
+    return {"kind": "discrete", "key": key}
+
+
+def _limits(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise AuthoringError("limits", f"must be a mapping, got {value!r}")
+    try:
+        lycan.Limits(**value)
+    except (TypeError, ValueError) as exc:
+        raise AuthoringError("limits", str(exc)) from None
+    return value
+
+
+def _reward(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) - {"type", "range"}:
+        raise AuthoringError("reward", f"must be {{type, range}}, got {value!r}")
+    kind = value.get("type", "bernoulli")
+    if kind == "bernoulli":
+        if "range" in value:
+            raise AuthoringError("reward.range", "a bernoulli reward has no range: it is 0 or 1")
+        return {"type": "bernoulli"}
+    if kind != "continuous":
+        raise AuthoringError("reward.type", f"must be bernoulli or continuous, got {kind!r}")
+    bounds = value.get("range")
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise AuthoringError("reward.range", f"must be [low, high], got {bounds!r}")
+    for i, bound in enumerate(bounds):
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise AuthoringError(f"reward.range[{i}]", f"must be a number, got {bound!r}")
+    if not bounds[0] < bounds[1]:
+        raise AuthoringError("reward.range", f"needs low < high, got {bounds!r}")
+    return {"type": "continuous", "range": bounds}
+
+
+def _json(data: object) -> bytes:
+    return (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
