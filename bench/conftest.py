@@ -36,9 +36,8 @@ COMPARISONS = [
      "budget_pair_journaled", "budget_pair_journaled_nosync"),
     ("budget open after 10k settled holds: compacted journal vs the whole history",
      "budget_open_compacted", "budget_open_full_journal"),
-    ("Lycan autoscaling program (64 points): cap.decide vs plain lycan.run",
-     "lycan_capsule_decide", "lycan_plain_run"),
-    ("Lycan autoscaling program (64 points): cap.decide vs plain lycan.run", "lycan_capsule_decide", "lycan_plain_run"),
+    ("Lycan autoscaling program (64 points): cap.decide (verified once) vs lycan.run (verifies"
+     " every call)", "lycan_capsule_decide", "lycan_plain_run"),
 ] + [
     (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
      f"kernel_{n}_options", f"reference_{n}_options")
