@@ -23,7 +23,7 @@ program: |
   (!cap "runtime.publish" "words" words)
   (choice (A "small" words) (A "large" words))
 reward: {type: continuous, range: [0, 10]}
-algorithm: ucb1
+algorithm: ucb
 settings: {exploration: 1.5}
 contextSpec: {kind: discrete, key: user.tier}
 limits: {max_steps: 10000}

@@ -17,7 +17,7 @@ A spec (every field but ``program``/``program_file`` and ``options`` is optional
     options: [hold, forecast_match, forecast_headroom, p95_safe]
     program_file: program.lycs         # or program: | (the source inline)
     reward: {type: continuous, range: [0, 1]}
-    algorithm: thompson                # thompson or ucb1
+    algorithm: thompson                # thompson, or ucb (ucb1)
     settings: {samples: 128}
     contextSpec: {kind: discrete, key: service}   # the context key is input["service"]
     limits: {max_steps: 50000, max_seconds: 0.02}
@@ -50,6 +50,7 @@ POLICY = "policy.json"
 _FIELDS = {"name", "version", "options", "program", "program_file", "reward", "algorithm",
            "settings", "contextSpec", "limits"}
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
+_ALGORITHM_NAMES = {"ucb": "ucb1"}  # the spec's short names for the engine's algorithms
 _KEY_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\Z")
 
 
@@ -188,8 +189,10 @@ def _source(spec: Mapping, base: Path) -> str:
 
 
 def _algorithm(value: object) -> str:
+    value = _ALGORITHM_NAMES.get(value, value) if isinstance(value, str) else value
     if value not in ALGORITHMS:
-        raise AuthoringError("algorithm", f"must be one of {sorted(ALGORITHMS)}, got {value!r}")
+        raise AuthoringError("algorithm", f"must be one of {sorted(ALGORITHMS | _ALGORITHM_NAMES.keys())},"
+                                          f" got {value!r}")
     return value
 
 
