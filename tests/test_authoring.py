@@ -131,3 +131,26 @@ def test_each_example_authors_installs_and_learns(tmp_path, name):
         assert d.context_key in ("a", "b") and d.option in manifest["options"]
         cap.feedback(d.decision_id, float(rng.random() < 0.5))
     engine.close()
+
+
+def test_the_policy_is_under_the_manifest_too(tmp_path):
+    (tmp_path / "policy.json").write_text(json.dumps({"hosts": ["api.example.com"]}))
+    author(write_spec(tmp_path), tmp_path / "out")
+    assert "policy.json" in json.loads((tmp_path / "out" / "manifest.json").read_text())["files"]
+    (tmp_path / "out" / "policy.json").write_text(json.dumps({"root": "/", "write": True}))
+    with pytest.raises(AuthoringError, match="does not match") as raised:
+        Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
+    assert raised.value.path == "policy.json"
+    (tmp_path / "policy.json").unlink()
+    author(write_spec(tmp_path), tmp_path / "out")        # rebuilt without a policy
+    assert not (tmp_path / "out" / "policy.json").exists()
+    with pytest.raises(AuthoringError, match="spec's own directory"):
+        author(write_spec(tmp_path), tmp_path)
+
+
+@pytest.mark.parametrize("manifest", ["[]", "{}", "not json", '{"options": ["a", "b"]}'])
+def test_a_malformed_directory_is_an_authoring_error(tmp_path, manifest):
+    author(write_spec(tmp_path), tmp_path / "out")
+    (tmp_path / "out" / "manifest.json").write_text(manifest)
+    with pytest.raises(AuthoringError):
+        Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")

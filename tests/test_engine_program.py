@@ -191,3 +191,80 @@ def test_an_in_memory_engine_needs_an_absolute_root(tmp_path):
     (tmp_path / "limits.txt").write_text("7")
     cap = install(Engine.memory(), READER, policy={"root": str(tmp_path), "read": True})
     assert cap.decide("eu").published == {"limits": "7"}
+
+
+def test_a_context_taken_from_the_input_is_logged_and_replayed(tmp_path):
+    engine = Engine.open(tmp_path, seed=4)
+    cap = install(engine, context={"kind": "discrete", "key": "region"})
+    for region in ["eu", "us", "eu", "ap"] * 5:
+        d = cap.decide(input={**INPUT, "region": region})
+        assert d.context_key == region
+        cap.feedback(d.decision_id, float(d.option == "recommend"))
+    with pytest.raises(InvalidContext, match="region"):
+        cap.decide(input=INPUT)
+    digest, contexts = engine.state_digest(), sorted(cap.report()["contexts"])
+    engine.close(checkpoint=False)
+    engine = Engine.open(tmp_path)
+    assert engine.state_digest() == digest
+    assert sorted(engine.capsule(NAME).report()["contexts"]) == contexts == ["ap", "eu", "us"]
+    engine.close()
+
+
+def test_any_failure_after_the_choice_is_a_refusal_even_an_os_error(tmp_path):
+    engine = Engine.open(tmp_path, seed=4)
+    after = lycan.compile_bytes('($ x (choice 1 2)) (!cap "file.exists" "a.txt")')
+    cap = install(engine, after, policy={"root": "files", "read": True})
+    assert cap.decide("eu").value is False                # the sandbox is there: it runs
+    sandbox = tmp_path / "sandboxes" / "acme" / "fleet" / "autoscale" / "files"
+    sandbox.rmdir()                                       # now the kernel cannot open it
+    with pytest.raises(ProgramError):
+        cap.decide("eu")
+    assert cap.pending == 1                               # only the first, which succeeded
+    digest = engine.state_digest()
+    engine.close(checkpoint=False)
+    sandbox.mkdir()
+    engine = Engine.open(tmp_path)
+    assert engine.state_digest() == digest
+    engine.close()
+
+
+def test_budget_counts_match_after_a_program_fails_on_a_substitute(tmp_path):
+    engine = Engine.open(tmp_path, seed=4)
+    engine.budget.open_account("fleet", 10_000_000)
+    failing = lycan.compile_bytes('($ x (choice 0 1)) (/ 10 x)')   # option "hold" (0) fails
+    cap = install(engine, failing, budget={"account": "fleet", "costs": {"hold": 10, "recommend": 9_000_000}})
+    engine.budget.reserve("fleet", 10_000_000 - 5_000_000, ttl=600)   # "recommend" no longer fits
+    for _ in range(12):
+        try:
+            cap.decide("eu")
+        except ProgramError:
+            pass
+    counts = cap.report()["budget"]
+    assert counts["refusals"] > 0                         # the failing substitute was served
+    digest = engine.state_digest()
+    engine.close(checkpoint=False)
+    engine = Engine.open(tmp_path)
+    assert engine.capsule(NAME).report()["budget"] == counts
+    assert engine.state_digest() == digest
+    engine.close()
+
+
+@pytest.mark.parametrize("policy, message", [
+    ({"root": "/", "write": True}, "inside the capsule's sandbox"),
+    ({"root": "/tmp", "read": True}, "inside the capsule's sandbox"),
+])
+def test_a_durable_engine_keeps_roots_inside_the_sandbox(tmp_path, policy, message):
+    engine = Engine.open(tmp_path, seed=1)
+    with pytest.raises(InvalidConfig, match=message):
+        install(engine, READER, policy=policy)
+    engine.close()
+
+
+def test_a_failed_install_creates_no_sandbox(tmp_path):
+    engine = Engine.open(tmp_path, seed=1)
+    with pytest.raises(InvalidConfig):
+        install(engine, READER, policy={"root": "files", "read": "yes"})
+    with pytest.raises(InvalidConfig, match="max_seconds must be at most"):
+        install(engine, READER, policy={"root": "files", "read": True}, limits={"max_seconds": float("inf")})
+    assert not (tmp_path / "sandboxes").exists()
+    engine.close()

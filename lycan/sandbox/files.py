@@ -7,11 +7,8 @@ import stat
 
 from lycan.errors import CapabilityError
 from lycan.policy import CapabilityDenied, split_path
-from lycan.values import type_name
-
-_DEFAULT_NESTING, _DEFAULT_LENGTH = 64, 100_000
-
 from lycan.sandbox._common import _checked_text, _policy
+from lycan.values import type_name
 
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -66,7 +63,10 @@ def _open_parent(kernel, argument, policy, parts):
     Every component is opened with O_NOFOLLOW relative to the previous one, so a symbolic
     link anywhere on the way (even one that points back inside the sandbox) is refused.
     """
-    directory = os.open(policy.root, _DIR_FLAGS)
+    try:
+        directory = os.open(policy.root, _DIR_FLAGS)
+    except OSError as error:  # the sandbox itself is gone, or was swapped for a link
+        raise CapabilityError(kernel, argument, f"the sandbox directory cannot be opened: {error.strerror}") from None
     try:
         for position, part in enumerate(parts[:-1]):
             try:

@@ -13,11 +13,8 @@ from urllib.parse import urlsplit
 
 from lycan.errors import CapabilityError, LimitExceeded
 from lycan.policy import CapabilityDenied
-from lycan.values import Array, Map, to_json, type_name
-
-_DEFAULT_NESTING, _DEFAULT_LENGTH = 64, 100_000
-
 from lycan.sandbox._common import _checked_text, _policy, _seconds_left, _to_lycan
+from lycan.values import Array, Map, to_json, type_name
 
 
 def _networks(*pairs):

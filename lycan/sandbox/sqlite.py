@@ -9,12 +9,9 @@ from urllib.parse import quote
 
 from lycan.errors import CapabilityError, LimitExceeded
 from lycan.policy import CapabilityDenied
-from lycan.values import Array, is_number, type_name
-
-_DEFAULT_NESTING, _DEFAULT_LENGTH = 64, 100_000
-
 from lycan.sandbox._common import _policy, _seconds_left, _to_lycan
 from lycan.sandbox.files import _lstat, _open_parent, _parts, _regular
+from lycan.values import Array, is_number, type_name
 
 _SQL_ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION,
                 getattr(sqlite3, "SQLITE_RECURSIVE", 33)}

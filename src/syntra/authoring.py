@@ -23,15 +23,14 @@ A spec (every field but ``program``/``program_file`` and ``options`` is optional
     limits: {max_steps: 50000, max_seconds: 0.02}
 
 An error names the YAML path of the field at fault (``reward.range[1]``, ``options[2]``).
-A ``policy.json`` beside the spec is copied into the directory; the capsule's program can
-never write it.
+A ``policy.json`` beside the spec is copied into the directory, under the manifest's
+digests like every other file.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -109,13 +108,18 @@ def author(spec_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     }
     manifest = {"name": name, "version": str(version), "options": options, "lycan_format": lycan.__version__,
                 "files": {f: blake3.blake3(contents[f]).hexdigest() for f in FILES}}
+    policy = spec_path.parent / POLICY
+    if policy.is_file():
+        contents[POLICY] = policy.read_bytes()
+        manifest["files"][POLICY] = blake3.blake3(contents[POLICY]).hexdigest()
     out_dir = Path(out_dir)
+    if out_dir.resolve() == spec_path.parent.resolve():
+        raise AuthoringError("", "the output directory must not be the spec's own directory")
     make_directory(out_dir)
     for filename, data in contents.items():
         write_atomically(out_dir / filename, lambda file, data=data: file.write(data))
-    policy = spec_path.parent / POLICY
-    if policy.is_file():
-        shutil.copyfile(policy, out_dir / POLICY)
+    if POLICY not in contents:
+        (out_dir / POLICY).unlink(missing_ok=True)   # an earlier build's, no longer the spec's
     manifest_bytes = _json(manifest)
     write_atomically(out_dir / MANIFEST, lambda file: file.write(manifest_bytes))
     return manifest
@@ -123,34 +127,47 @@ def author(spec_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
 
 def read_capsule_dir(path: str | Path) -> dict[str, Any]:
     """The ``Engine.install`` arguments a capsule directory holds, after checking every
-    file against the manifest."""
+    file (the policy too, when there is one) against the manifest."""
     path = Path(path)
-    try:
-        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-        contents = {f: (path / f).read_bytes() for f in FILES}
-    except OSError as exc:
-        raise AuthoringError("", f"{path} is not a capsule directory: {exc.filename}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise AuthoringError(MANIFEST, f"is not valid JSON: {exc}") from None
-    for filename, data in contents.items():
-        if blake3.blake3(data).hexdigest() != manifest.get("files", {}).get(filename):
-            raise AuthoringError(filename, "does not match the manifest's digest")
-    learning = json.loads(contents["learning.json"])
-    arguments = {
-        "options": manifest["options"],
-        "lyc": contents["program.lyc"],
-        "reward": json.loads(contents["reward_spec.json"]),
-        "algorithm": learning["algorithm"],
-        "settings": learning["settings"],
-        "limits": learning["limits"],
-        "context": learning["contextSpec"],
-    }
-    if (path / POLICY).is_file():
+    manifest = _read_json(path, MANIFEST)
+    digests = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(digests, dict) or not isinstance(manifest.get("options"), list):
+        raise AuthoringError(MANIFEST, "must be an object with options and the files' digests")
+    names = FILES + ((POLICY,) if POLICY in digests else ())
+    if (path / POLICY).exists() and POLICY not in digests:
+        raise AuthoringError(POLICY, "is not in the manifest")
+    for filename in names:
         try:
-            arguments["policy"] = json.loads((path / POLICY).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise AuthoringError(POLICY, f"is not valid JSON: {exc}") from None
+            data = (path / filename).read_bytes()
+        except OSError as exc:
+            raise AuthoringError(filename, f"cannot be read: {exc.strerror}") from None
+        if blake3.blake3(data).hexdigest() != digests.get(filename):
+            raise AuthoringError(filename, "does not match the manifest's digest")
+    learning = _read_json(path, "learning.json")
+    try:
+        arguments = {
+            "options": manifest["options"],
+            "lyc": (path / "program.lyc").read_bytes(),
+            "reward": _read_json(path, "reward_spec.json"),
+            "algorithm": learning["algorithm"],
+            "settings": learning["settings"],
+            "limits": learning["limits"],
+            "context": learning["contextSpec"],
+        }
+    except (KeyError, TypeError) as exc:
+        raise AuthoringError("learning.json", f"is missing a field: {exc}") from None
+    if POLICY in digests:
+        arguments["policy"] = _read_json(path, POLICY)
     return arguments
+
+
+def _read_json(directory: Path, filename: str) -> Any:
+    try:
+        return json.loads((directory / filename).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AuthoringError(filename, f"cannot be read: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AuthoringError(filename, f"is not valid JSON: {exc}") from None
 
 
 # --- fields -------------------------------------------------------------------------------

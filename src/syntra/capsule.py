@@ -295,14 +295,21 @@ class Capsule:
             return self._learner.decide(context_key), None, None
         return self._decide_budgeted(context_key)
 
-    def _refuse_after_program(self, d: Decision, cause: object) -> Decision:
+    def _refuse_after_program(self, d: Decision, cause: object) -> tuple[Decision, Exception | None]:
         """Undo decision ``d`` (the latest, pending) after its program failed: give its
-        hold back and make it a refusal."""
+        hold back and make it a refusal, whatever else fails. Returns the refusal and the
+        error giving the hold back raised, if it did."""
+        undo_error = None
         if self._budget is not None:
-            self._budget.finish(self._budget.settle(self._learner, d.sequence, None))
+            try:
+                self._budget.finish(self._budget.settle(self._learner, d.sequence, None))
+            except Exception as exc:   # the hold lapses on its own; the ledger must not wait
+                undo_error = exc
             self._budget.refusals += 1
+            if d.substituted_for:       # the log will say refused: replay never sees the swap
+                self._budget.substitutions -= 1
         kind = type(cause).__name__ if isinstance(cause, Exception) else "error"
-        return self._learner.refuse_last(d, f"program: {kind}")
+        return self._learner.refuse_last(d, f"program: {kind}"), undo_error
 
     def _decide_budgeted(self, context_key: str):
         """Decide and hold the cost (the caller holds the lock): (decision, budget ticket,
@@ -436,9 +443,10 @@ class DurableCapsule(Capsule):
         with self._lock:
             self._store.check()
             d, budget_ticket, error = self._decide_locked(context_key, input)
+            # d.context_key, not context_key: a program capsule may take it from the input.
             ticket = self._store.submit(RecordType.DECISION, DecisionRecord(
                 self.uid, d.sequence, time.time_ns(), d.propensity,
-                REFUSED_OPTION if d.refused else d.option_index, context_key, result=d.result_json,
+                REFUSED_OPTION if d.refused else d.option_index, d.context_key, result=d.result_json,
             ).encode())
         if error is not None:
             raise error

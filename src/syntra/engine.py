@@ -18,10 +18,11 @@ True
 >>> cap.report()["contexts"]["support"]["pulls"][d.option]
 1
 
-Concurrency: in memory, ``decide`` and ``feedback`` run in compiled code that holds the GIL
-for the whole call, so each call is atomic with respect to other Python threads (this relies
-on the GIL). A durable capsule also takes its own lock, so the order of its records in the
-log is the order in which they were applied.
+Concurrency: in memory, a plain capsule's ``decide`` and ``feedback`` run in compiled code
+that holds the GIL for the whole call, so each call is atomic with respect to other Python
+threads (this relies on the GIL). A budgeted or program capsule, and every durable one,
+takes its own lock, so the order of its records in the log is the order in which they were
+applied (a program runs whole under it, bounded by its limits).
 
 Decision ids carry a tag derived from a random per-engine nonce, so an id is unknown to
 every engine but the one that issued it (and to a reinstalled capsule). The same seed and
@@ -321,14 +322,17 @@ class Engine:
         budget_spec = BudgetSpec.parse(budget, option_names)
         if (limits is not None or policy is not None or context is not None) and lyc is None:
             raise InvalidConfig("limits, policy and context belong to a program: they need lyc")
-        sandbox = self._sandbox(str(parsed)) if self._store else None
-        program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits, policy, sandbox, context)
         key = str(parsed)
         with self._lock:
             if self._store:
                 self._store.check()
             if key in self._capsules:
                 raise CapsuleExists(key)
+            if budget_spec is not None and budget_spec.account not in {a.name for a in self.budget.accounts()}:
+                raise InvalidConfig(f"budget.account {budget_spec.account!r} is not an open budget account")
+            # Last of the checks: a program's policy may create its sandbox directory.
+            sandbox = self._sandbox(key) if self._store else None
+            program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits, policy, sandbox, context)
             install = self._installs.get(key, 0)
             encoded = key.encode()
             config = {

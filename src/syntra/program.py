@@ -36,6 +36,7 @@ from syntra.store.files import make_directory
 # What a capsule's program may use unless its install says otherwise: a decision is on the
 # caller's critical path, so far less than lycan's stand-alone defaults.
 DEFAULT_LIMITS = {"max_steps": 100_000, "max_seconds": 0.05}
+LIMIT_CEILINGS = {"max_seconds": 10.0, "max_steps": 100_000_000}
 MAX_PROGRAM_BYTES = 1 << 20
 # The logged result (value, published values, stdout) of one decision, as JSON.
 MAX_RESULT_BYTES = 64 << 10
@@ -86,6 +87,10 @@ class ProgramSpec:
         known = {f.name for f in fields(lycan.Limits)}
         if not isinstance(limits, Mapping) or set(limits) - known:
             raise InvalidConfig(f"limits must map some of {sorted(known)} to numbers, got {limits!r}")
+        for name, value in limits.items():
+            # A run holds the capsule's lock: no limit may let it hold it for long.
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not value <= LIMIT_CEILINGS.get(name, 10**9):
+                raise InvalidConfig(f"limits.{name} must be at most {LIMIT_CEILINGS.get(name, 10**9)}, got {value!r}")
         try:
             limits = lycan.Limits(**limits)
         except (TypeError, ValueError) as exc:
@@ -117,16 +122,32 @@ def _context_path(spec: object) -> tuple[str, ...] | None:
 def _policy(data: object, sandbox: Path | None) -> Policy | None:
     if data is None:
         return None
-    root = data.get("root") if isinstance(data, Mapping) else None
-    if sandbox is not None and isinstance(root, str) and root and not os.path.isabs(root):
-        resolved = os.path.normpath(sandbox / root)
-        if resolved != str(sandbox) and not resolved.startswith(str(sandbox) + os.sep):
-            raise InvalidConfig(f"policy: root {root!r} leaves the capsule's sandbox directory")
-        make_directory(Path(resolved))
+    if not isinstance(data, Mapping):
+        raise InvalidConfig(f"policy must be a mapping, got {type(data).__name__}")
+    root = data.get("root")
     try:
-        return Policy.from_dict(data, base_dir=None if sandbox is None else str(sandbox))
+        # Every other field first, so a bad policy creates no directory.
+        Policy.from_dict({k: v for k, v in data.items() if k not in ("root", "sqlite")})
+        if sandbox is not None and root is not None:
+            _make_sandbox(sandbox, root)
+        return Policy.from_dict(dict(data), base_dir=None if sandbox is None else str(sandbox))
     except PolicyError as exc:
         raise InvalidConfig(f"policy: {exc}") from None
+
+
+def _make_sandbox(sandbox: Path, root: object) -> None:
+    """Create a durable capsule's sandbox directory, refusing a root outside it."""
+    if not isinstance(root, str) or not root or os.path.isabs(root):
+        raise InvalidConfig(f"policy: root must be a path inside the capsule's sandbox directory, got {root!r}")
+    resolved = os.path.normpath(sandbox / root)
+    if resolved != str(sandbox) and not resolved.startswith(str(sandbox) + os.sep):
+        raise InvalidConfig(f"policy: root {root!r} leaves the capsule's sandbox directory")
+    make_directory(Path(resolved))
+    # A link planted anywhere on the way would take the files elsewhere: the real path of
+    # the root must be under the real path of the store's sandboxes directory.
+    sandboxes = os.path.realpath(sandbox.parents[2])
+    if not os.path.realpath(resolved).startswith(sandboxes + os.sep):
+        raise InvalidConfig(f"policy: the sandbox directory {resolved} resolves outside {sandboxes}")
 
 
 class _Stop(Exception):
@@ -137,10 +158,10 @@ def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: obje
     """Run ``capsule``'s program and decide at its choice node (the caller holds the lock).
 
     Returns (decision, budget ticket, error) like ``Capsule._decide_budgeted``: when the
-    program fails after the decision was made, the decision becomes a refusal (its hold, if
-    any, released) so the ledger and the log stay in step, and the error is returned for the
-    caller to raise once it has logged the refusal. A failure before the choice node decides
-    nothing and raises ProgramError at once.
+    program fails (for any reason) after the decision was made, the decision becomes a
+    refusal (its hold, if any, released) so the ledger and the log stay in step, and the
+    error is returned for the caller to raise once it has logged the refusal. A failure
+    before the choice node decides nothing and raises ProgramError at once.
     """
     made: list = []
 
@@ -159,11 +180,12 @@ def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: obje
                            policy=spec.policy, verified=True)
     except _Stop:
         return made[0]
-    except lycan.LycanError as exc:
+    except Exception as exc:   # a Lycan error, or one a kernel let through (an OSError, say)
         if not made:
             raise ProgramError(capsule.name, exc) from None
         d, ticket, error = made[0]
-        return capsule._refuse_after_program(d, exc), None, error or ProgramError(capsule.name, exc)
+        refused, undo_error = capsule._refuse_after_program(d, exc)
+        return refused, None, error or undo_error or ProgramError(capsule.name, exc)
     if not made:
         raise ProgramError(capsule.name, "the program finished without reaching its choice node")
     d, ticket, error = made[0]
@@ -172,8 +194,10 @@ def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: obje
         logged = json.dumps({k: output[k] for k in ("result", "published", "stdout")},
                             separators=(",", ":"), allow_nan=False)
     except (lycan.LycanError, ValueError) as exc:   # a function value, or NaN that escaped
-        return capsule._refuse_after_program(d, exc), None, ProgramError(capsule.name, exc)
+        refused, undo_error = capsule._refuse_after_program(d, exc)
+        return refused, None, undo_error or ProgramError(capsule.name, exc)
     if len(logged) > MAX_RESULT_BYTES:
-        exc = f"its result is {len(logged)} bytes of JSON, more than {MAX_RESULT_BYTES}"
-        return capsule._refuse_after_program(d, exc), None, ProgramError(capsule.name, exc)
+        cause = f"its result is {len(logged)} bytes of JSON, more than {MAX_RESULT_BYTES}"
+        refused, undo_error = capsule._refuse_after_program(d, cause)
+        return refused, None, undo_error or ProgramError(capsule.name, cause)
     return with_output(d, output["result"], output["published"], output["stdout"], logged), ticket, error
