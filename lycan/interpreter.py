@@ -28,6 +28,35 @@ from lycan.values import Array, Function, Map, display, is_number, type_name
 from lycan.verifier import verify
 
 _CLOCK_EVERY = 1024  # steps between wall-clock checks: cheap, and still milliseconds apart
+_HOT_OPS = tuple(int(op) for op in (Op.LOAD, Op.STORE, Op.CONST, Op.POP, Op.JUMP, Op.JUMP_IF_FALSE))
+# The other opcodes the loop and its helpers test, as plain ints too (module globals beat
+# enum attributes).
+_CALL = int(Op.CALL)
+_CALL_VALUE = int(Op.CALL_VALUE)
+_FALSE = int(Op.FALSE)
+_GE = int(Op.GE)
+_NEG = int(Op.NEG)
+_NOT = int(Op.NOT)
+_NULL = int(Op.NULL)
+_RETURN = int(Op.RETURN)
+_STRING = int(Op.STRING)
+_TRUE = int(Op.TRUE)
+_ADD = int(Op.ADD)
+_ARRAY = int(Op.ARRAY)
+_BUILTIN = int(Op.BUILTIN)
+_CAPABILITY = int(Op.CAPABILITY)
+_CHOICE = int(Op.CHOICE)
+_CLOSURE = int(Op.CLOSURE)
+_DIV = int(Op.DIV)
+_EQ = int(Op.EQ)
+_EXPECT_ARRAY = int(Op.EXPECT_ARRAY)
+_EXPECT_COUNT = int(Op.EXPECT_COUNT)
+_INDEX = int(Op.INDEX)
+_MOD = int(Op.MOD)
+_MUL = int(Op.MUL)
+_NE = int(Op.NE)
+_RANGE = int(Op.RANGE)
+_SUB = int(Op.SUB)
 
 
 @dataclass(frozen=True)
@@ -155,48 +184,58 @@ class _Machine:
         max_steps = limits.max_steps
         code, slots, stack = frame.code, frame.slots, frame.stack
         pc = 0
+        # The hottest opcodes as plain ints: comparing with IntEnum members costs an attribute
+        # lookup and an enum __eq__ per instruction.
+        LOAD, STORE, CONST, POP, JUMP, JUMP_IF_FALSE = _HOT_OPS
+        # One comparison a step: against whichever comes first, the step limit or the next
+        # look at the clock.
+        steps = self.steps
+        checkpoint = min(max_steps, steps + _CLOCK_EVERY)
         while True:
             op, a, b, _ = code[pc]
             pc += 1
             frame.pc = pc
-            self.steps += 1
-            if self.steps > max_steps:
-                raise LimitExceeded("max_steps", f"ran more than max_steps {max_steps} steps")
-            if self.steps % _CLOCK_EVERY == 0 and time.monotonic() > self.deadline:
-                raise LimitExceeded("max_seconds", f"ran longer than max_seconds {limits.max_seconds}")
+            steps += 1
+            if steps > checkpoint:
+                self.steps = steps
+                if steps > max_steps:
+                    raise LimitExceeded("max_steps", f"ran more than max_steps {max_steps} steps")
+                if time.monotonic() > self.deadline:
+                    raise LimitExceeded("max_seconds", f"ran longer than max_seconds {limits.max_seconds}")
+                checkpoint = min(max_steps, steps + _CLOCK_EVERY)
 
-            if op == Op.LOAD:
+            if op == LOAD:
                 stack.append(slots[a])
-            elif op == Op.STORE:
+            elif op == STORE:
                 slots[a] = stack[-1]
-            elif op == Op.CONST:
+            elif op == CONST:
                 stack.append(constants[a])
-            elif op == Op.POP:
+            elif op == POP:
                 stack.pop()
-            elif op == Op.JUMP:
+            elif op == JUMP:
                 pc = a
-            elif op == Op.JUMP_IF_FALSE:
+            elif op == JUMP_IF_FALSE:
                 condition = stack.pop()
                 if condition is False:
                     pc = a
                 elif condition is not True:
                     raise ExecutionError(f"a condition must be a bool, got {type_name(condition)}")
-            elif op <= Op.FALSE:
-                stack.append(strings[a] if op == Op.STRING else
-                             None if op == Op.NULL else op == Op.TRUE)
-            elif op <= Op.GE:
+            elif op <= _FALSE:
+                stack.append(strings[a] if op == _STRING else
+                             None if op == _NULL else op == _TRUE)
+            elif op <= _GE:
                 right = stack.pop()
                 stack[-1] = self.binary(op, stack[-1], right)
-            elif op == Op.NOT:
+            elif op == _NOT:
                 if type(stack[-1]) is not bool:
                     raise ExecutionError(f"not needs a bool, got {type_name(stack[-1])}")
                 stack[-1] = not stack[-1]
-            elif op == Op.NEG:
+            elif op == _NEG:
                 stack[-1] = values.negate(stack[-1])
-            elif op == Op.CALL or op == Op.CALL_VALUE:
+            elif op == _CALL or op == _CALL_VALUE:
                 arguments = stack[len(stack) - b:]
                 del stack[len(stack) - b:]
-                if op == Op.CALL:
+                if op == _CALL:
                     index = a
                 else:
                     callee = stack.pop()
@@ -204,15 +243,17 @@ class _Machine:
                     arguments += callee.captures
                 frame = self.call(index, arguments)
                 code, slots, stack, pc = frame.code, frame.slots, frame.stack, 0
-            elif op == Op.RETURN:
+            elif op == _RETURN:
                 value = stack.pop()
                 self.frames.pop()
                 if not self.frames:
+                    self.steps = steps
                     return value
                 frame = self.frames[-1]
                 code, slots, stack, pc = frame.code, frame.slots, frame.stack, frame.pc
                 stack.append(value)
             else:
+                self.steps = steps
                 pc = self.other(op, a, b, stack, pc)
 
     def callable_index(self, callee, argc):
@@ -224,33 +265,33 @@ class _Machine:
         return callee.index
 
     def binary(self, op, left, right):
-        if op == Op.ADD:
+        if op == _ADD:
             return self.string_checked(values.add(left, right))
-        if op == Op.SUB:
+        if op == _SUB:
             return values.subtract(left, right)
-        if op == Op.MUL:
+        if op == _MUL:
             return values.multiply(left, right)
-        if op == Op.DIV:
+        if op == _DIV:
             return values.divide(left, right)
-        if op == Op.MOD:
+        if op == _MOD:
             return values.modulo(left, right)
-        if op == Op.EQ:
+        if op == _EQ:
             return values.equal(left, right)
-        if op == Op.NE:
+        if op == _NE:
             return not values.equal(left, right)
         return values.compare(_COMPARISONS[op], left, right)
 
     def other(self, op, a, b, stack, pc):
         """The less frequent instructions; returns the next pc."""
         limits = self.limits
-        if op == Op.ARRAY:
+        if op == _ARRAY:
             items = stack[len(stack) - a:]
             del stack[len(stack) - a:]
             stack.append(self.array(items))
-        elif op == Op.INDEX:
+        elif op == _INDEX:
             key = stack.pop()
             stack[-1] = index_into(stack[-1], key)
-        elif op == Op.RANGE:
+        elif op == _RANGE:
             end = stack.pop()
             start = stack[-1]
             if type(start) is not int or type(end) is not int:
@@ -258,25 +299,25 @@ class _Machine:
             if end - start > limits.max_array_length:
                 self.array_too_long(end - start)
             stack[-1] = values.make_array(range(start, end), limits.max_nesting)
-        elif op == Op.BUILTIN:
+        elif op == _BUILTIN:
             arguments = stack[len(stack) - b:]
             del stack[len(stack) - b:]
             stack.append(getattr(self, _BUILTIN_METHODS[a])(*arguments))
-        elif op == Op.CAPABILITY:
+        elif op == _CAPABILITY:
             arguments = stack[len(stack) - b:]
             del stack[len(stack) - b:]
             result = self.capabilities[self.program.strings[a]].kernel(self.context, *arguments)
             stack.append(result)
-        elif op == Op.CLOSURE:
+        elif op == _CLOSURE:
             captured = tuple(stack[len(stack) - b:])
             del stack[len(stack) - b:]
             stack.append(Function(a, self.program.function_name(a), captured))
-        elif op == Op.CHOICE:
+        elif op == _CHOICE:
             return pc + self.choose(a)
-        elif op == Op.EXPECT_ARRAY:
+        elif op == _EXPECT_ARRAY:
             if not isinstance(stack[-1], Array):
                 raise ExecutionError(f"each needs an array, got {type_name(stack[-1])}")
-        elif op == Op.EXPECT_COUNT:
+        elif op == _EXPECT_COUNT:
             count = stack[-1]
             if type(count) is not int or count < 0:
                 raise ExecutionError(f"# needs a count (an int >= 0), got {type_name(count)} {display(count)}")
