@@ -54,11 +54,26 @@ def test_author_writes_a_directory_that_installs_and_decides(tmp_path):
 @pytest.mark.parametrize("change, path, message", [
     ("options: [small, small]", "options[1]", "repeats 'small'"),
     ("options: [only]", "options", "list of 2 to"),
-    ("reward: {type: continuous, range: [0, high]}", "reward.range[1]", "must be a number"),
+    ("reward: {type: continuous, range: [0, high]}", "reward.range[1]", "must be a finite number"),
     ("reward: {type: continuous, range: [5, 1]}", "reward.range", "low < high"),
-    ("reward: {type: sometimes}", "reward.type", "bernoulli or continuous"),
+    ("reward: {type: sometimes}", "reward.type", "bernoulli, continuous or sparse"),
+    ("reward: {type: sparse}", "reward.range", "must be \\[low, high\\]"),
+    ("reward: {type: bernoulli, components: [{name: cost, weight: 0, normalize: budget, budget: 5}]}",
+     "reward.components[0].weight", "positive number"),
+    ("reward: {type: bernoulli, components: [{name: x, weight: 1, normalize: minmax}]}",
+     "reward.components[0].range", "must be \\[low, high\\]"),
+    ("reward: {type: bernoulli, components: [{name: x, weight: 1, normalize: zscore}]}",
+     "reward.components[0].normalize", "minmax or budget"),
+    ("learning: {min_exploration: 1.5}", "learning.min_exploration", "in \\[0, 1\\)"),
+    ("learning: {warmup: 3}", "learning", "must be {min_exploration}"),
+    ("contextSpec: {kind: features, features: [{name: hour, type: cyclic, period: -24}]}",
+     "contextSpec.features[0].period", "positive number"),
+    ("contextSpec: {kind: features, features: [{name: plan, type: categorical, values: [a, a]}]}",
+     "contextSpec.features[0].values", "distinct strings"),
+    ("contextSpec: {kind: features, features: [{name: x, type: vector}]}",
+     "contextSpec.features[0].type", "continuous, cyclic, categorical or boolean"),
     ("algorithm: magic", "algorithm", "must be one of"),
-    ("contextSpec: {kind: features}", "contextSpec.kind", "must be 'discrete'"),
+    ("contextSpec: {kind: embedding}", "contextSpec.kind", "must be 'discrete'"),
     ("contextSpec: {kind: discrete, key: '../x'}", "contextSpec.key", "dot path"),
     ("limits: {max_steps: 0}", "limits", "must be a positive number"),
     ("colour: red", "colour", "unknown field"),
@@ -154,3 +169,38 @@ def test_a_malformed_directory_is_an_authoring_error(tmp_path, manifest):
     (tmp_path / "out" / "manifest.json").write_text(manifest)
     with pytest.raises(AuthoringError):
         Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
+
+
+FULL = SPEC.replace("algorithm: ucb\n", "algorithm: auto\n").replace(
+    "reward: {type: continuous, range: [0, 10]}",
+    "reward: {type: sparse, range: [0, 10], components: [{name: quality, weight: 0.7, normalize: minmax, "
+    "range: [0, 1]}, {name: cost, weight: 0.3, normalize: budget, budget: 5000}]}").replace(
+    "contextSpec: {kind: discrete, key: user.tier}",
+    "learning: {min_exploration: 0.05}\ncontextSpec: {kind: features, features: [{name: load, type: continuous, "
+    "range: [0, 100]}, {name: hour, type: cyclic, period: 24}, {name: plan, type: categorical, values: [free, pro]}, "
+    "{name: beta, type: boolean}]}")
+
+
+def test_the_full_spec_is_recorded_and_what_the_engine_cannot_run_is_refused_by_name(tmp_path):
+    author(write_spec(tmp_path, FULL), tmp_path / "out")
+    learning = json.loads((tmp_path / "out" / "learning.json").read_text())
+    assert learning["algorithm"] == "auto" and learning["learning"] == {"min_exploration": 0.05}
+    assert [f["type"] for f in learning["contextSpec"]["features"]] == ["continuous", "cyclic", "categorical", "boolean"]
+    reward = json.loads((tmp_path / "out" / "reward_spec.json").read_text())
+    assert reward["type"] == "sparse" and [c["normalize"] for c in reward["components"]] == ["minmax", "budget"]
+    with pytest.raises(AuthoringError, match="algorithm 'auto' cannot be installed") as raised:
+        Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
+    assert raised.value.path == "learning.json"
+    # One field at a time, each named when it is what stands in the way.
+    for key, line, path, message in [
+        ("algorithm", "algorithm: thompson", "learning.json", "min_exploration cannot be installed"),
+        ("learning", "learning: {min_exploration: 0}", "learning.json", "kind 'features'"),
+        ("contextSpec", "contextSpec: {kind: discrete, key: user.tier}", "reward_spec.json",
+         "bernoulli or continuous reward without components"),
+    ]:
+        spec = (tmp_path / "capsule.yaml").read_text().splitlines()
+        spec = [line if entry.startswith(key + ":") else entry for entry in spec]
+        author(write_spec(tmp_path, "\n".join(spec) + "\n"), tmp_path / "out")
+        with pytest.raises(AuthoringError, match=message) as raised:
+            Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
+        assert raised.value.path == path

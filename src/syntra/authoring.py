@@ -17,10 +17,18 @@ A spec (every field but ``program``/``program_file`` and ``options`` is optional
     options: [hold, forecast_match, forecast_headroom, p95_safe]
     program_file: program.lycs         # or program: | (the source inline)
     reward: {type: continuous, range: [0, 1]}
-    algorithm: thompson                # thompson, or ucb (ucb1)
+    algorithm: thompson                # auto, thompson, ucb (ucb1), ... : SPEC_ALGORITHMS
     settings: {samples: 128}
+    learning: {min_exploration: 0.05}
     contextSpec: {kind: discrete, key: service}   # the context key is input["service"]
     limits: {max_steps: 50000, max_seconds: 0.02}
+
+Rewards can also be ``sparse`` (with a range) and list weighted ``components``, each
+normalized by ``minmax`` (a ``range``) or by a ``budget``; contexts can be typed
+``features`` (``continuous`` with a range, ``cyclic`` with a period, ``categorical`` with
+values, ``boolean``). The directory records all of it. ``Engine.install_dir`` installs
+what this engine runs (thompson or ucb1, no exploration floor, a discrete context, a
+bernoulli or continuous reward without components) and refuses the rest, naming the file.
 
 An error names the YAML path of the field at fault (``reward.range[1]``, ``options[2]``).
 A ``policy.json`` beside the spec is copied into the directory, under the manifest's
@@ -47,7 +55,10 @@ FILES = ("program.lycs", "program.lyc", "learning.json", "reward_spec.json")
 MANIFEST = "manifest.json"
 POLICY = "policy.json"
 _FIELDS = {"name", "version", "options", "program", "program_file", "reward", "algorithm",
-           "settings", "contextSpec", "limits"}
+           "settings", "learning", "contextSpec", "limits"}
+# What a spec may ask for: the learning layer's algorithms, ``auto`` letting it choose.
+SPEC_ALGORITHMS = ("auto", "thompson", "gaussian_thompson", "ucb1", "epsilon_greedy", "softmax",
+                   "greedy", "linucb", "lints")
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
 _ALGORITHM_NAMES = {"ucb": "ucb1"}  # the spec's short names for the engine's algorithms
 _KEY_PATH = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*\Z")
@@ -96,6 +107,7 @@ def author(spec_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     learning = {
         "algorithm": _algorithm(spec.get("algorithm", "thompson")),
         "settings": _mapping(spec, "settings"),
+        "learning": _learning(spec.get("learning")),
         "contextSpec": _context_spec(spec.get("contextSpec")),
         "limits": _limits(spec.get("limits")),
     }
@@ -156,9 +168,28 @@ def read_capsule_dir(path: str | Path) -> dict[str, Any]:
         }
     except (KeyError, TypeError) as exc:
         raise AuthoringError("learning.json", f"is missing a field: {exc}") from None
+    _check_installable(arguments, learning.get("learning", {}))
     if POLICY in digests:
         arguments["policy"] = _read_json(path, POLICY)
     return arguments
+
+
+def _check_installable(arguments: dict[str, Any], learning: Mapping[str, Any]) -> None:
+    """Refuse, naming the file and field, what this engine cannot run."""
+    if arguments["algorithm"] not in ALGORITHMS:
+        raise AuthoringError("learning.json", f"algorithm {arguments['algorithm']!r} cannot be installed: this"
+                                              f" engine runs {', '.join(sorted(ALGORITHMS))}")
+    if learning.get("min_exploration", 0):
+        raise AuthoringError("learning.json", "learning.min_exploration cannot be installed: this engine's"
+                                              " rules keep no exploration floor")
+    context = arguments["context"]
+    if context is not None and context.get("kind") != "discrete":
+        raise AuthoringError("learning.json", "contextSpec of kind 'features' cannot be installed: this engine"
+                                              " keys contexts by one discrete input field")
+    reward = arguments["reward"]
+    if not isinstance(reward, dict) or reward.get("type") not in ("bernoulli", "continuous") or "components" in reward:
+        raise AuthoringError("reward_spec.json", "cannot be installed: this engine takes a bernoulli or continuous"
+                                                 " reward without components")
 
 
 def _read_json(directory: Path, filename: str) -> Any:
@@ -207,10 +238,20 @@ def _source(spec: Mapping, base: Path) -> str:
 
 def _algorithm(value: object) -> str:
     value = _ALGORITHM_NAMES.get(value, value) if isinstance(value, str) else value
-    if value not in ALGORITHMS:
-        raise AuthoringError("algorithm", f"must be one of {sorted(ALGORITHMS | _ALGORITHM_NAMES.keys())},"
-                                          f" got {value!r}")
+    if value not in SPEC_ALGORITHMS:
+        raise AuthoringError("algorithm", f"must be one of {', '.join(SPEC_ALGORITHMS)} (or ucb), got {value!r}")
     return value
+
+
+def _learning(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or set(value) - {"min_exploration"}:
+        raise AuthoringError("learning", f"must be {{min_exploration}}, got {value!r}")
+    floor = value.get("min_exploration", 0.0)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < 1:
+        raise AuthoringError("learning.min_exploration", f"must be a number in [0, 1), got {floor!r}")
+    return {"min_exploration": float(floor)}
 
 
 def _mapping(spec: Mapping, key: str) -> dict[str, Any]:
@@ -220,17 +261,59 @@ def _mapping(spec: Mapping, key: str) -> dict[str, Any]:
     return value
 
 
-def _context_spec(value: object) -> dict[str, str] | None:
+def _context_spec(value: object) -> dict[str, Any] | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) - {"kind", "key"}:
-        raise AuthoringError("contextSpec", f"must be {{kind: discrete, key: <input path>}}, got {value!r}")
-    if value.get("kind") != "discrete":
-        raise AuthoringError("contextSpec.kind", f"must be 'discrete', got {value.get('kind')!r}")
-    key = value.get("key")
-    if not isinstance(key, str) or not _KEY_PATH.match(key):
-        raise AuthoringError("contextSpec.key", f"must be a dot path into the input (a.b.c), got {key!r}")
-    return {"kind": "discrete", "key": key}
+    if not isinstance(value, dict) or value.get("kind") not in ("discrete", "features"):
+        raise AuthoringError("contextSpec.kind", "must be 'discrete' (a key) or 'features' (typed features),"
+                                                 f" got {value.get('kind') if isinstance(value, dict) else value!r}")
+    if value["kind"] == "discrete":
+        if set(value) != {"kind", "key"}:
+            raise AuthoringError("contextSpec", f"a discrete context is {{kind, key}}, got {sorted(value)}")
+        return {"kind": "discrete", "key": _path("contextSpec.key", value.get("key"))}
+    if set(value) != {"kind", "features"} or not isinstance(value["features"], list) or not value["features"]:
+        raise AuthoringError("contextSpec.features", "must be a non-empty list of features")
+    seen = set()
+    features = [_feature(f"contextSpec.features[{i}]", f, seen) for i, f in enumerate(value["features"])]
+    return {"kind": "features", "features": features}
+
+
+def _feature(where: str, value: object, seen: set) -> dict[str, Any]:
+    """One typed feature: continuous (a range, to [0,1]), cyclic (a period, to sin and cos),
+    categorical (values, one-hot) or boolean; ``name`` is its path in the input."""
+    if not isinstance(value, dict):
+        raise AuthoringError(where, f"must be a mapping, got {value!r}")
+    name = _path(f"{where}.name", value.get("name"))
+    if name in seen:
+        raise AuthoringError(f"{where}.name", f"repeats {name!r}")
+    seen.add(name)
+    kind = value.get("type")
+    shape = {"continuous": {"range"}, "cyclic": {"period"}, "categorical": {"values"}, "boolean": set()}
+    if kind not in shape:
+        raise AuthoringError(f"{where}.type", f"must be continuous, cyclic, categorical or boolean, got {kind!r}")
+    if set(value) != {"name", "type"} | shape[kind]:
+        raise AuthoringError(where, f"a {kind} feature is {{name, type{''.join(', ' + k for k in shape[kind])}}}")
+    out = {"name": name, "type": kind}
+    if kind == "continuous":
+        out["range"] = _range(f"{where}.range", value["range"])
+    elif kind == "cyclic":
+        period = value["period"]
+        if isinstance(period, bool) or not isinstance(period, (int, float)) or not 0 < period < float("inf"):
+            raise AuthoringError(f"{where}.period", f"must be a positive number, got {period!r}")
+        out["period"] = period
+    elif kind == "categorical":
+        values = value["values"]
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values) \
+                or len(set(values)) != len(values):
+            raise AuthoringError(f"{where}.values", f"must be a list of distinct strings, got {values!r}")
+        out["values"] = values
+    return out
+
+
+def _path(where: str, value: object) -> str:
+    if not isinstance(value, str) or not _KEY_PATH.match(value):
+        raise AuthoringError(where, f"must be a dot path into the input (a.b.c), got {value!r}")
+    return value
 
 
 def _limits(value: object) -> dict[str, Any]:
@@ -246,24 +329,64 @@ def _limits(value: object) -> dict[str, Any]:
 
 
 def _reward(value: object) -> dict[str, Any]:
-    if not isinstance(value, dict) or set(value) - {"type", "range"}:
-        raise AuthoringError("reward", f"must be {{type, range}}, got {value!r}")
+    if not isinstance(value, dict) or set(value) - {"type", "range", "components"}:
+        raise AuthoringError("reward", f"must be {{type, range, components}}, got {value!r}")
     kind = value.get("type", "bernoulli")
+    if kind not in ("bernoulli", "continuous", "sparse"):
+        raise AuthoringError("reward.type", f"must be bernoulli, continuous or sparse, got {kind!r}")
+    out: dict[str, Any] = {"type": kind}
     if kind == "bernoulli":
         if "range" in value:
             raise AuthoringError("reward.range", "a bernoulli reward has no range: it is 0 or 1")
-        return {"type": "bernoulli"}
-    if kind != "continuous":
-        raise AuthoringError("reward.type", f"must be bernoulli or continuous, got {kind!r}")
-    bounds = value.get("range")
+    else:
+        out["range"] = _range("reward.range", value.get("range"))
+    if "components" in value:
+        out["components"] = _components(value["components"])
+    return out
+
+
+def _components(value: object) -> list[dict[str, Any]]:
+    """Weighted reward components, each normalized by min-max (a range) or by a budget."""
+    if not isinstance(value, list) or not value:
+        raise AuthoringError("reward.components", f"must be a non-empty list, got {value!r}")
+    out, names = [], set()
+    for i, component in enumerate(value):
+        where = f"reward.components[{i}]"
+        if not isinstance(component, dict):
+            raise AuthoringError(where, f"must be a mapping, got {component!r}")
+        name = component.get("name")
+        if not isinstance(name, str) or not _NAME.match(name) or name in names:
+            raise AuthoringError(f"{where}.name", f"must be a new name of [A-Za-z0-9_-], got {name!r}")
+        names.add(name)
+        weight = component.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < float("inf"):
+            raise AuthoringError(f"{where}.weight", f"must be a positive number, got {weight!r}")
+        normalize = component.get("normalize")
+        if normalize == "minmax":
+            extra = {"range": _range(f"{where}.range", component.get("range"))}
+        elif normalize == "budget":
+            budget = component.get("budget")
+            if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget < float("inf"):
+                raise AuthoringError(f"{where}.budget", f"must be a positive number, got {budget!r}")
+            extra = {"budget": budget}
+        else:
+            raise AuthoringError(f"{where}.normalize", f"must be minmax or budget, got {normalize!r}")
+        if set(component) != {"name", "weight", "normalize"} | set(extra):
+            raise AuthoringError(where, f"a {normalize} component is {{name, weight, normalize, {next(iter(extra))}}}")
+        out.append({"name": name, "weight": weight, "normalize": normalize, **extra})
+    return out
+
+
+def _range(where: str, bounds: object) -> list[float]:
     if not isinstance(bounds, list) or len(bounds) != 2:
-        raise AuthoringError("reward.range", f"must be [low, high], got {bounds!r}")
+        raise AuthoringError(where, f"must be [low, high], got {bounds!r}")
     for i, bound in enumerate(bounds):
-        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
-            raise AuthoringError(f"reward.range[{i}]", f"must be a number, got {bound!r}")
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound \
+                or abs(bound) == float("inf"):
+            raise AuthoringError(f"{where}[{i}]", f"must be a finite number, got {bound!r}")
     if not bounds[0] < bounds[1]:
-        raise AuthoringError("reward.range", f"needs low < high, got {bounds!r}")
-    return {"type": "continuous", "range": bounds}
+        raise AuthoringError(where, f"needs low < high, got {bounds!r}")
+    return bounds
 
 
 def _json(data: object) -> bytes:
