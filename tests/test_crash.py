@@ -1,36 +1,16 @@
 """Kill -9 a process writing durable decisions from 8 threads; nothing acknowledged is lost."""
 
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from killing import run_and_kill
 
 from syntra import DuplicateFeedback, Engine
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 KILLS = 20
-
-
-def _run_and_kill(path: Path, delay: float) -> list[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    child = subprocess.Popen([sys.executable, str(WRITER), str(path)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env, text=True)
-    try:
-        assert child.stdout.readline().strip() == "READY", child.stderr.read()
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    # The last line may be cut mid-write by the kill.
-    return [line for line in out.splitlines() if line.count(" ") == 2]
 
 
 @pytest.mark.slow
@@ -40,7 +20,7 @@ def test_kill_minus_nine_loses_nothing_acknowledged(tmp_path):
     acked_decisions: dict[str, str] = {}
     acked_feedback: set[str] = set()
     for round_ in range(KILLS):
-        for line in _run_and_kill(path, rng.uniform(0.05, 0.5)):
+        for line in run_and_kill(WRITER, path, rng.uniform(0.05, 0.5), fields=3):
             kind, capsule, decision_id = line.split(" ")
             if kind == "D":
                 acked_decisions[decision_id] = capsule

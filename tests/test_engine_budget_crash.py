@@ -6,38 +6,18 @@ acknowledged feedback's cost is spent, the budget conserves its money, and the l
 state from checkpoint + log equals a full replay.
 """
 
-import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from killing import run_and_kill
 
 from syntra import DuplicateFeedback, Engine
 
 WORKER = Path(__file__).with_name("budget_engine_worker.py")
 NAME = "tenants/t/jobs/j/capsules/spend"
 KILLS = 5
-
-
-def _run_and_kill(path: Path, delay: float) -> list[list[str]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    child = subprocess.Popen([sys.executable, str(WORKER), str(path)], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, env=env, text=True)
-    try:
-        assert child.stdout.readline().strip() == "READY", child.stderr.read()
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        out, _ = child.communicate(timeout=30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-    # The last line may be cut mid-write by the kill.
-    return [line.split(" ") for line in out.splitlines() if line.count(" ") == 2]
 
 
 @pytest.mark.slow
@@ -47,7 +27,7 @@ def test_kill_minus_nine_keeps_every_acknowledged_hold_and_spend(tmp_path):
     decided: dict[str, int] = {}    # acknowledged decision -> the cost it held
     spent: dict[str, int] = {}      # acknowledged feedback -> the cost it committed
     for round_ in range(KILLS):
-        for kind, decision_id, cost in _run_and_kill(path, rng.uniform(0.3, 0.8)):
+        for kind, decision_id, cost in map(str.split, run_and_kill(WORKER, path, rng.uniform(0.3, 0.8), fields=3)):
             if kind == "D":
                 decided[decision_id] = int(cost)
             elif kind == "F":

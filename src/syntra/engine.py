@@ -328,8 +328,8 @@ class Engine:
                 self._store.check()
             if key in self._capsules:
                 raise CapsuleExists(key)
-            if budget_spec is not None and budget_spec.account not in {a.name for a in self.budget.accounts()}:
-                raise InvalidConfig(f"budget.account {budget_spec.account!r} is not an open budget account")
+            if budget_spec is not None:
+                budget_spec.account_index(self.budget)
             # Last of the checks: a program's policy may create its sandbox directory.
             sandbox = self._sandbox(key) if self._store else None
             program = None if lyc is None else ProgramSpec.install(lyc, option_names, limits, policy, sandbox, context)

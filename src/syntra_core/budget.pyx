@@ -541,6 +541,26 @@ def _header_bytes(int accounts, Py_ssize_t reservations):
     return (<char*>&h)[:sizeof(Header)]
 
 
+def create_file(path, bytes header not None, Py_ssize_t size):
+    """Create the arena file ``path`` (FileExistsError if there is one): ``size`` bytes
+    starting with ``header``, the rest zero, synced with its directory before returning."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, header, 0)
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    os.close(fd)
+    dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def check_header(bytes header, Py_ssize_t actual_size):
     """Raise ArenaCorrupt unless ``header`` (the file's first bytes) describes a file of
     ``actual_size`` bytes exactly as version 1 lays it out. Returns the two capacities."""
@@ -623,24 +643,9 @@ cdef class Arena:
     def create(cls, path, *, int accounts=64, Py_ssize_t reservations=65536):
         """A new arena file at ``path`` (FileExistsError if there is one), synced with its
         directory before it is returned."""
-        header = _header_bytes(accounts, reservations)
         _, size = _layout(accounts, reservations)
         path = os.fspath(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            os.pwrite(fd, header, 0)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
-        dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        create_file(path, _header_bytes(accounts, reservations), size)
         return cls.open(path)
 
     @classmethod

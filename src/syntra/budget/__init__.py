@@ -103,8 +103,9 @@ def lock_owner(directory: Path) -> int | None:
 def rebuild_arena(directory: Path, *, accounts: int, reservations: int,
                   compact_after: int = COMPACT_AFTER) -> tuple[Arena, journal.Rebuilt]:
     """Map ``directory``'s arena (creating it, or replacing a corrupt one) and refill it
-    from the journals, compacting them first when they hold more than ``compact_after``
-    records and over twice what the live state needs. The caller must hold the owner lock."""
+    with what the journals hold, compacting them first when they hold more than
+    ``compact_after`` records and over twice what the live state needs. The caller must
+    hold the owner lock."""
     rebuild_fd = lock_rebuild(directory, exclusive=True)
     try:
         journal.finish_interrupted_compaction(directory)

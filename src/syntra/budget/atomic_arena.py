@@ -39,7 +39,6 @@ import re
 import struct
 import time
 from collections import OrderedDict
-from pathlib import Path
 from typing import Self
 
 import atomics2
@@ -56,6 +55,7 @@ from syntra_core.budget import (
     NO_CAP,
     RESERVATION_BYTES,
     VERSION,
+    create_file,
     AccountExists,
     AccountsFull,
     AccountState,
@@ -74,7 +74,6 @@ from syntra_core.budget import (
     UnknownReservation,
 )
 
-from syntra.store.files import fsync_directory
 
 __all__ = ["AtomicArena"]
 
@@ -263,18 +262,10 @@ class AtomicArena:
         offset, size = _layout(accounts, reservations)
         header = _HEADER.pack(MAGIC, VERSION, HEADER_BYTES, accounts, ACCOUNT_BYTES,
                               reservations, RESERVATION_BYTES, HEADER_BYTES, offset, size, 1)
+        # The header is packed here, from the spec, so the two implementations check each
+        # other; only the file handling is shared.
         path = os.fspath(path)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.ftruncate(fd, size)
-            os.pwrite(fd, header, 0)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            os.unlink(path)
-            raise
-        os.close(fd)
-        fsync_directory(Path(os.path.abspath(path)).parent)
+        create_file(path, header, size)
         return cls.open(path)
 
     @classmethod

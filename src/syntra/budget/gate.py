@@ -82,6 +82,13 @@ class BudgetSpec:
             raise InvalidConfig(f"budget.value_microcents must be integer microcents in [1, {MAX_COST}], got {value!r}")
         return cls(account, tuple(int(costs[o]) for o in options), float(hold), int(value))
 
+    def account_index(self, budget) -> int:
+        """The index of this spec's account in ``budget``; InvalidConfig if it is not open."""
+        try:
+            return budget.arena.find_account(self.account)
+        except UnknownAccount:
+            raise InvalidConfig(f"budget.account {self.account!r} is not an open budget account") from None
+
     def to_dict(self, options: tuple[str, ...]) -> dict[str, Any]:
         return {"account": self.account, "costs": dict(zip(options, self.costs)),
                 "hold_seconds": self.hold_seconds, "value_microcents": self.value_microcents}
@@ -103,10 +110,7 @@ class CapsuleBudget:
         self.budget = budget
         self.uid = uid
         self.options = options
-        try:
-            self.account = budget.arena.find_account(spec.account)
-        except UnknownAccount:
-            raise InvalidConfig(f"budget.account {spec.account!r} is not an open budget account") from None
+        self.account = spec.account_index(budget)
         # Decision sequence -> reservation id, for holds not yet settled. Rebuilt from the
         # budget's own holds, so after a restart it has exactly the holds the journal has.
         self.holds = {h.ref_b: h.id for h in budget.reservations()
