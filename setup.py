@@ -4,6 +4,7 @@ Everything else about the package lives in pyproject.toml; this file exists only
 Cython extensions still need a setup.py hook.
 """
 
+import os
 from pathlib import Path
 
 import numpy
@@ -21,6 +22,8 @@ extensions = [
         extra_compile_args=["-O3"],
     )
     for pyx in sorted(CORE.glob("*.pyx"))
+    # SYNTRA_BUILD_ONLY=drift,linear rebuilds just those modules (while working on them).
+    if not os.environ.get("SYNTRA_BUILD_ONLY") or pyx.stem in os.environ["SYNTRA_BUILD_ONLY"].split(",")
 ]
 
 setup(
