@@ -38,6 +38,8 @@ COMPARISONS = [
      "budget_open_compacted", "budget_open_full_journal"),
     ("Lycan autoscaling program (64 points): cap.decide (verified once) vs lycan.run (verifies"
      " every call)", "lycan_capsule_decide", "lycan_plain_run"),
+    ("LinUCB 10-feature 5-arm round: Cython select+update from Python vs numpy Sherman-Morrison",
+     "linucb_round", "numpy_linucb_round"),
 ] + [
     (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
      f"kernel_{n}_options", f"reference_{n}_options")

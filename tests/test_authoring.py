@@ -9,6 +9,7 @@ import pytest
 
 from syntra import Engine
 from syntra.authoring import AuthoringError, author
+from syntra.errors import InvalidContext
 from syntra.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -171,9 +172,9 @@ def test_a_malformed_directory_is_an_authoring_error(tmp_path, manifest):
         Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
 
 
-FULL = SPEC.replace("algorithm: ucb\n", "algorithm: auto\n").replace(
+FULL = SPEC.replace("algorithm: ucb\n", "algorithm: auto\n").replace("settings: {exploration: 1.5}\n", "").replace(
     "reward: {type: continuous, range: [0, 10]}",
-    "reward: {type: sparse, range: [0, 10], components: [{name: quality, weight: 0.7, normalize: minmax, "
+    "reward: {type: sparse, range: [0, 1], components: [{name: quality, weight: 0.7, normalize: minmax, "
     "range: [0, 1]}, {name: cost, weight: 0.3, normalize: budget, budget: 5000}]}").replace(
     "contextSpec: {kind: discrete, key: user.tier}",
     "learning: {min_exploration: 0.05}\ncontextSpec: {kind: features, features: [{name: load, type: continuous, "
@@ -181,26 +182,25 @@ FULL = SPEC.replace("algorithm: ucb\n", "algorithm: auto\n").replace(
     "{name: beta, type: boolean}]}")
 
 
-def test_the_full_spec_is_recorded_and_what_the_engine_cannot_run_is_refused_by_name(tmp_path):
+def test_the_full_spec_installs_and_decides_from_the_features_in_its_input(tmp_path):
     author(write_spec(tmp_path, FULL), tmp_path / "out")
     learning = json.loads((tmp_path / "out" / "learning.json").read_text())
     assert learning["algorithm"] == "auto" and learning["learning"] == {"min_exploration": 0.05}
     assert [f["type"] for f in learning["contextSpec"]["features"]] == ["continuous", "cyclic", "categorical", "boolean"]
     reward = json.loads((tmp_path / "out" / "reward_spec.json").read_text())
     assert reward["type"] == "sparse" and [c["normalize"] for c in reward["components"]] == ["minmax", "budget"]
-    with pytest.raises(AuthoringError, match="algorithm 'auto' cannot be installed") as raised:
-        Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
-    assert raised.value.path == "learning.json"
-    # One field at a time, each named when it is what stands in the way.
-    for key, line, path, message in [
-        ("algorithm", "algorithm: thompson", "learning.json", "min_exploration cannot be installed"),
-        ("learning", "learning: {min_exploration: 0}", "learning.json", "kind 'features'"),
-        ("contextSpec", "contextSpec: {kind: discrete, key: user.tier}", "reward_spec.json",
-         "bernoulli or continuous reward without components"),
-    ]:
-        spec = (tmp_path / "capsule.yaml").read_text().splitlines()
-        spec = [line if entry.startswith(key + ":") else entry for entry in spec]
-        author(write_spec(tmp_path, "\n".join(spec) + "\n"), tmp_path / "out")
-        with pytest.raises(AuthoringError, match=message) as raised:
-            Engine.memory().install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
-        assert raised.value.path == path
+    cap = Engine.memory(seed=2).install_dir("tenants/t/jobs/j/capsules/tiers", tmp_path / "out")
+    assert cap.learning["meta"]["exploration_floor"] == 0.05   # the legacy floor, carried over
+    assert cap.lifecycle == "warmup" and cap.reward.kind == "sparse"
+    features = {"load": 40, "hour": 6, "plan": "pro", "beta": False}
+    d = cap.decide(input={"prompt": "a b", **features})
+    assert d.option in ("small", "large") and d.value == [d.option, 3]   # len("a b")
+    # The reward comes from its components: quality 0.5 (minmax over [0, 1]) and a cost of
+    # 2500 against a budget of 5000 (0.5): 0.7 * 0.5 + 0.3 * 0.5.
+    cap.feedback(d.decision_id, components={"quality": 0.5, "cost": 2500})
+    pulls = sum(sum(c["pulls"].values()) for c in cap.report()["contexts"].values())
+    assert pulls == 1
+    sums = [float(cap._learner.table.reward_sums(k).sum()) for k in cap._learner.table.contexts]
+    assert sum(sums) == pytest.approx(0.5)
+    with pytest.raises(InvalidContext, match="hour"):
+        cap.decide(input={"prompt": "a", "load": 1, "plan": "pro", "beta": True})

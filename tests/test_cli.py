@@ -221,7 +221,7 @@ def test_simulate_plot_failing_late_still_prints_the_result(as_json, tmp_path, c
         ([*SIMULATE[1:], "--rounds", str(10**9)], "rounds must be an integer in 1..100_000_000"),
         ([*SIMULATE[1:], "--rounds", "ten"], "invalid int value: 'ten'"),
         ([*SIMULATE[1:], "--seed", "-1"], "seed must be an integer in [0, 2**64)"),
-        ([*SIMULATE[1:], "--algorithm", "greedy"], "invalid choice: 'greedy'"),
+        ([*SIMULATE[1:], "--algorithm", "bandit"], "invalid choice: 'bandit'"),
         ([*SIMULATE[1:], "--plot", "out.xyz"], "cannot write a .xyz plot"),
         ([*SIMULATE[1:], "--plot", "/no/such/dir/out.png"], "does not exist"),
         (["--true-arm-rewards", "0.5"], "the following arguments are required: --options"),

@@ -114,7 +114,7 @@ def test_invalid_context(cap, context):
     (0.5, InvalidReward, "0 or 1"),
     (2.0, InvalidReward, "outside"),
     ("1", InvalidReward, "number"),
-    (None, InvalidReward, "number"),
+    (None, InvalidReward, "needs reward="),
 ])
 def test_invalid_reward_changes_nothing(cap, reward, exc, message):
     d = cap.decide("k")
@@ -194,7 +194,7 @@ def test_settings_are_checked_strictly(settings, message):
         Engine.memory().install(NAME, options=[f"o{i}" for i in range(200)], settings=settings)
 
 
-@pytest.mark.parametrize("algorithm", [["thompson"], None, 3])
+@pytest.mark.parametrize("algorithm", [["thompson"], 3, "bandit"])
 def test_bad_algorithm_types(algorithm):
     with pytest.raises(InvalidConfig, match="algorithm"):
         Engine.memory().install(NAME, options=OPTIONS, algorithm=algorithm)

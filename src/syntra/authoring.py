@@ -47,7 +47,7 @@ import blake3
 import lycan
 import yaml
 
-from syntra.capsule import ALGORITHMS, MAX_OPTION_NAME, MAX_OPTIONS
+from syntra.capsule import MAX_OPTION_NAME, MAX_OPTIONS
 from syntra.errors import SyntraError
 from syntra.store.files import make_directory, write_atomically
 
@@ -156,40 +156,22 @@ def read_capsule_dir(path: str | Path) -> dict[str, Any]:
         if blake3.blake3(data).hexdigest() != digests.get(filename):
             raise AuthoringError(filename, "does not match the manifest's digest")
     learning = _read_json(path, "learning.json")
-    try:
-        arguments = {
-            "options": manifest["options"],
-            "lyc": (path / "program.lyc").read_bytes(),
-            "reward": _read_json(path, "reward_spec.json"),
-            "algorithm": learning["algorithm"],
-            "settings": learning["settings"],
-            "limits": learning["limits"],
-            "context": learning["contextSpec"],
-        }
-    except (KeyError, TypeError) as exc:
-        raise AuthoringError("learning.json", f"is missing a field: {exc}") from None
-    _check_installable(arguments, learning.get("learning", {}))
+    if not isinstance(learning, dict):
+        raise AuthoringError("learning.json", "must be a JSON object")
+    context = learning.get("contextSpec")
+    arguments = {
+        "options": manifest["options"],
+        "lyc": (path / "program.lyc").read_bytes(),
+        "reward": _read_json(path, "reward_spec.json"),
+        "learning": {k: v for k, v in learning.items() if k != "limits"},
+        "limits": learning.get("limits"),
+        # The program reads a discrete context's key from its input; features go to the
+        # learning layer.
+        "context": context if isinstance(context, dict) and context.get("kind") == "discrete" else None,
+    }
     if POLICY in digests:
         arguments["policy"] = _read_json(path, POLICY)
     return arguments
-
-
-def _check_installable(arguments: dict[str, Any], learning: Mapping[str, Any]) -> None:
-    """Refuse, naming the file and field, what this engine cannot run."""
-    if arguments["algorithm"] not in ALGORITHMS:
-        raise AuthoringError("learning.json", f"algorithm {arguments['algorithm']!r} cannot be installed: this"
-                                              f" engine runs {', '.join(sorted(ALGORITHMS))}")
-    if learning.get("min_exploration", 0):
-        raise AuthoringError("learning.json", "learning.min_exploration cannot be installed: this engine's"
-                                              " rules keep no exploration floor")
-    context = arguments["context"]
-    if context is not None and context.get("kind") != "discrete":
-        raise AuthoringError("learning.json", "contextSpec of kind 'features' cannot be installed: this engine"
-                                              " keys contexts by one discrete input field")
-    reward = arguments["reward"]
-    if not isinstance(reward, dict) or reward.get("type") not in ("bernoulli", "continuous") or "components" in reward:
-        raise AuthoringError("reward_spec.json", "cannot be installed: this engine takes a bernoulli or continuous"
-                                                 " reward without components")
 
 
 def _read_json(directory: Path, filename: str) -> Any:

@@ -9,6 +9,7 @@ pass in and are shared with the simulator.
 
 from __future__ import annotations
 
+import json
 import numbers
 import threading
 import time
@@ -16,20 +17,42 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from syntra_core.bandits import DEFAULT_SAMPLES, MAX_ARMS, UCB1, ArmTable, BetaThompson
-from syntra_core.learner import Decision, FeedbackStatus, Learner
+from syntra_core.bandits import (
+    DEFAULT_SAMPLES,
+    MAX_ARMS,
+    UCB1,
+    ArmTable,
+    BetaThompson,
+    EpsilonGreedy,
+    GaussianThompson,
+    Greedy,
+    Rule,
+    Softmax,
+)
+from syntra_core.learner import Decision, FeedbackStatus, Learner, with_assessment
 
 from syntra.budget.gate import BudgetSpec, CapsuleBudget, learned_quality_bps
 from syntra.program import ProgramSpec, run_decision
 from syntra.errors import (
     DuplicateFeedback,
+    FeedbackExpired,
     InvalidConfig,
     InvalidContext,
     InvalidReward,
     UnknownCapsule,
     UnknownDecision,
 )
-from syntra.store.records import REFUSED_OPTION, DecisionRecord, FeedbackRecord, RecordType
+from syntra.learning.config import LearningConfig
+from syntra.learning.features import ContextEncoder
+from syntra.learning.policy import FROZEN, Policy
+from syntra.learning.rewards import RewardSpec
+from syntra.store.records import (
+    REFUSED_OPTION,
+    DecisionRecord,
+    FeedbackRecord,
+    RecordType,
+    encode_json,
+)
 
 MAX_OPTIONS = MAX_ARMS
 MAX_OPTION_NAME = 128
@@ -57,6 +80,23 @@ ALGORITHMS: dict[str, tuple[type, dict[str, Setting]]] = {
         "max_staleness": Setting(float, 0.0, 1.0),
     }),
     "ucb1": (UCB1, {"exploration": Setting(float, 0.0, 100.0)}),
+    "gaussian_thompson": (GaussianThompson, {
+        "prior_mean": Setting(float, -MAX_REWARD_MAGNITUDE, MAX_REWARD_MAGNITUDE),
+        "prior_strength": Setting(float, 0.0, 1e9, low_inclusive=False),
+        "samples": Setting(int, 1, 100_000),
+        "max_staleness": Setting(float, 0.0, 1.0),
+    }),
+    "epsilon_greedy": (EpsilonGreedy, {
+        "epsilon": Setting(float, 0.0, 1.0),
+        "decay": Setting(float, 0.0, 1e9),
+    }),
+    "softmax": (Softmax, {"temperature": Setting(float, 0.0, 1e9, low_inclusive=False)}),
+    "greedy": (Greedy, {}),
+    # The meta-bandit and the linear rules take their settings from learning.json's meta
+    # and linear sections.
+    "auto": (None, {}),
+    "linucb": (None, {}),
+    "lints": (None, {}),
 }
 
 
@@ -94,46 +134,6 @@ def _check_settings(algorithm: object, settings: Mapping[str, Any] | None, n_opt
             f" {checked.get('samples', DEFAULT_SAMPLES)} x {n_options}"
         )
     return checked
-
-
-@dataclass(frozen=True, slots=True)
-class RewardSpec:
-    """How rewards look: ``bernoulli`` (exactly 0 or 1) or ``continuous`` in ``[low, high]``."""
-
-    type: str = "bernoulli"
-    low: float = 0.0
-    high: float = 1.0
-
-    @classmethod
-    def parse(cls, spec: Mapping[str, Any] | None) -> RewardSpec:
-        if spec is None:
-            return cls()
-        if not isinstance(spec, Mapping):
-            raise InvalidConfig(f"reward spec must be a mapping, got {type(spec).__name__}")
-        unknown = set(spec) - {"type", "range"}
-        if unknown:
-            raise InvalidConfig(f"reward spec has unknown fields: {sorted(unknown)}")
-        kind = spec.get("type", "bernoulli")
-        if kind == "bernoulli":
-            if "range" in spec:
-                raise InvalidConfig("a bernoulli reward has no range: it is 0 or 1")
-            return cls()
-        if kind == "continuous":
-            bounds = spec.get("range")
-            if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or not all(map(_is_number, bounds)):
-                raise InvalidConfig(f"reward.range must be [low, high] numbers, got {bounds!r}")
-            if not all(abs(b) <= MAX_REWARD_MAGNITUDE for b in bounds) or not bounds[0] < bounds[1]:
-                raise InvalidConfig(
-                    f"reward.range must have low < high, both within ±{MAX_REWARD_MAGNITUDE:g}"
-                    f" (and finite), got {bounds!r}"
-                )
-            return cls("continuous", float(bounds[0]), float(bounds[1]))
-        raise InvalidConfig(f"reward.type must be 'bernoulli' or 'continuous', got {kind!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.type == "bernoulli":
-            return {"type": "bernoulli"}
-        return {"type": self.type, "range": [self.low, self.high]}
 
 
 def _check_options(options: object) -> tuple[str, ...]:
@@ -175,6 +175,43 @@ def _check_reward(reward: object) -> float:
         raise InvalidReward(f"reward {reward!r} is too large") from None
 
 
+
+def learning_of(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The full learning config of capsule ``config``.
+
+    A capsule installed without one (and every capsule logged before the learning layer)
+    runs exactly the rule it names, from its first decision: no warmup, no drift reset.
+    """
+    learning = config.get("learning")
+    if learning is not None:
+        return learning
+    return LearningConfig.parse({
+        "algorithm": config["algorithm"], "settings": dict(config["settings"]),
+        "warmup": {"feedbacks": 0}, "drift": {"enabled": False},
+    }).to_dict()
+
+
+def candidate_names(learning: Mapping[str, Any], reward: RewardSpec) -> list[str]:
+    """The rules a capsule's policy runs: the one it names, or auto's candidates."""
+    if learning["algorithm"] != "auto":
+        return [learning["algorithm"]]
+    if learning["candidates"]:
+        return list(learning["candidates"])
+    return list(LearningConfig.default_candidates(reward.kind, learning["contextSpec"]["kind"]))
+
+
+def _direct(learning: Mapping[str, Any], names: list[str]) -> bool:
+    """Whether the policy is exactly its one rule, so the learner may decide alone (the
+    compiled fast path: one call, no Python per decision)."""
+    return (len(names) == 1 and learning["algorithm"] not in ("linucb", "lints")
+            and learning["warmup"]["feedbacks"] == 0 and not learning["drift"]["enabled"]
+            and not learning["refusal"]["enabled"] and not learning["regimes"]["enabled"]
+            and learning["contextSpec"]["kind"] == "discrete"
+            and learning["feedback"]["reward_wait_seconds"] is None
+            and not learning["feedback"]["signals"]
+            and learning["actions"]["kind"] == "discrete")
+
+
 class _Uninstalled:
     """Stands in for the learner of an uninstalled capsule: refuses work, keeps the report."""
 
@@ -184,32 +221,40 @@ class _Uninstalled:
         self.next_sequence = learner.next_sequence
         self.pending = learner.pending
 
-    def decide(self, context_key):
-        raise UnknownCapsule(self.name)
-
-    def feedback(self, decision_id, reward):
-        raise UnknownCapsule(self.name)
-
-    def check_feedback(self, decision_id, reward):
+    def __getattr__(self, attribute):
         raise UnknownCapsule(self.name)
 
     def is_pending(self, decision_id):
         return False
 
 
+class Learned:
+    """What one feedback did, for a durable capsule to log: the decision's sequence, the
+    reward applied, how it came about (``detail``), the lifecycle events it caused and the
+    budget claim to finish once it is durable."""
+
+    __slots__ = ("sequence", "reward", "detail", "events", "claim", "cost")
+
+    def __init__(self, sequence, reward, detail, events, claim, cost):
+        self.sequence, self.reward, self.detail = sequence, reward, detail
+        self.events, self.claim, self.cost = events, claim, cost
+
+
 class Capsule:
-    """An installed capsule: its options, reward spec, rule and learned state.
+    """An installed capsule: its options, reward spec, learning policy and learned state.
 
     ``config`` is everything needed to rebuild it empty (it is what the WAL's install
     record and every checkpoint carry): uid, name, options, reward, algorithm, settings,
-    budget, install (how many earlier installs the name had), seed and tag.
+    learning, budget, install (how many earlier installs the name had), seed and tag.
 
     A capsule with a ``budget`` holds each decision's cost on a budget account (see
-    :mod:`syntra.budget.gate`); its decide and feedback are serialised by its lock.
+    :mod:`syntra.budget.gate`). Anything beyond a plain rule's decide and feedback is
+    serialised by the capsule's lock.
     """
 
-    __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "_learner",
-                 "_lock", "_budget", "_program", "_plain")
+    __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "learning",
+                 "encoder", "_learner", "_lock", "_budget", "_program", "_plain", "_policy", "_direct",
+                 "_action_values")
 
     def __init__(self, config: dict[str, Any], budget=None, sandbox=None):
         self.config = config
@@ -219,81 +264,124 @@ class Capsule:
         self.reward = RewardSpec.parse(config["reward"])
         self.algorithm = config["algorithm"]
         self.settings = dict(config["settings"])
+        self.learning = learning_of(config)
+        self.encoder = ContextEncoder.from_spec(self.learning["contextSpec"])
         reward = self.reward
         table = ArmTable(len(self.options), reward.low, reward.high, binary=reward.type == "bernoulli")
-        rule_class, _ = ALGORITHMS[self.algorithm]
-        try:
-            rule = rule_class(table, **self.settings)
-        except (TypeError, ValueError) as exc:
-            raise InvalidConfig(f"{self.algorithm} settings: {exc}") from None
+        names = candidate_names(self.learning, reward)
+        self._policy = Policy(self.learning, self.options, reward, table, config["seed"], self.encoder, names)
+        first = self._policy.candidates[0]
+        rule = first.rule if not first.linear else Rule(table)
         self._learner = Learner(self.name, self.options, rule, config["seed"], config["tag"])
+        self._direct = _direct(self.learning, names)
         self._lock = threading.Lock()
         spec = BudgetSpec.parse(config.get("budget"), self.options)
         self._budget = None if spec is None else CapsuleBudget(spec, budget, self.uid, self.options)
         program = config.get("program")
         self._program = None if program is None else ProgramSpec.parse(program, self.options, sandbox)
-        self._plain = self._budget is None and self._program is None   # decide's fast path
+        actions = self.learning["actions"]
+        self._action_values = None
+        if actions["kind"] == "continuous":
+            self._action_values = LearningConfig.continuous_options(actions["range"], actions["buckets"])[1]
+        self._replan()
 
-    def decide(self, context_key: str = "", *, input: object = None) -> Decision:
+    def _replan(self) -> None:
+        # decide's and feedback's one-call fast path: the learner alone, training.
+        self._plain = (self._direct and self._budget is None and self._program is None
+                       and self._policy.lifecycle != FROZEN)
+
+    # --- deciding -----------------------------------------------------------------------
+
+    def decide(self, context_key: str = "", *, input: object = None, features: Mapping[str, Any] | None = None,
+               metrics: Mapping[str, Any] | None = None) -> Decision:
         """Choose an option for ``context_key`` (a string naming the context).
 
-        A budgeted capsule returns a decision with ``refused`` set when no option's cost
-        fits its account. A program capsule runs its program on ``input`` (JSON-like data)
-        and decides at its choice node; other capsules take no input.
+        A capsule whose ``contextSpec`` is of kind ``features`` decides from
+        ``features={name: value}``; one whose regimes monitor a metric takes it in
+        ``metrics``. A budgeted capsule returns a decision with ``refused`` set when no
+        option's cost fits its account; a capsule with refusal on refuses (keeping the id,
+        so the outcome can still be reported) when it cannot stand behind its choice. A
+        program capsule runs its program on ``input`` (JSON-like data).
         """
         if type(context_key) is not str or len(context_key) > MAX_CONTEXT_KEY or not context_key.isascii():
             _check_context(context_key)
-        if self._plain and input is None:
+        if self._plain and input is None and features is None and metrics is None:
             return self._learner.decide(context_key)
         with self._lock:
-            d, _, error = self._decide_locked(context_key, input)
+            d, _, error = self._decide_locked(context_key, input, features, metrics, time.time_ns())
         if error is not None:
             raise error
         return d
 
-    def feedback(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
-        """Report the reward of a decision. Applied exactly once; errors change nothing.
-
-        ``cost`` (budgeted capsules only) is what the decision actually cost in microcents:
-        it is committed against the hold; without it the hold is released.
-        """
-        if cost is None and self._budget is None:
-            # The common case in one call: a refused update changes nothing, so the slow
-            # path may ask the learner again to find the right error.
-            if type(decision_id) is str and type(reward) is float and not self._learner.feedback(decision_id, reward):
-                return
-            self._apply_feedback(decision_id, reward)
-            return
-        with self._lock:
-            _, claim = self._settle_and_apply(decision_id, reward, cost)
-        self._budget.finish(claim)
-
-    async def decide_async(self, context_key: str = "", *, input: object = None) -> Decision:
+    async def decide_async(self, context_key: str = "", *, input: object = None,
+                           features: Mapping[str, Any] | None = None,
+                           metrics: Mapping[str, Any] | None = None) -> Decision:
         """:meth:`decide` for asyncio callers: a durable capsule awaits its sync without
         blocking the event loop."""
-        return self.decide(context_key, input=input)
+        return self.decide(context_key, input=input, features=features, metrics=metrics)
 
-    async def feedback_async(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
-        """:meth:`feedback` for asyncio callers."""
-        self.feedback(decision_id, reward, cost=cost)
-
-    def _decide_locked(self, context_key: str, input: object):
+    def _decide_locked(self, context_key: str, input: object, features=None, metrics=None, ts_ns: int = 0):
         """Decide, running the program if there is one (the caller holds the lock):
         (decision, budget ticket, error to raise once the decision is logged)."""
         if self._program is not None:
             if self._program.context_key is not None and not context_key:
                 context_key = self._program.context_of(input)
                 _check_context(context_key)
-            return run_decision(self, self._program, context_key, input)
+            features = self._features_in(input, features)
+            if not self._direct:   # bad features fail here, before the program runs
+                self._policy.encode(context_key, features, metrics)
+            return run_decision(self, self._program, context_key, input,
+                                features=features, metrics=metrics, ts_ns=ts_ns)
         if input is not None:
             raise InvalidContext(f"capsule {self.name!r} has no program, so its decisions take no input")
-        return self._decide_in_program(context_key)
+        return self._decide_in_program(context_key, features, metrics, ts_ns)
 
-    def _decide_in_program(self, context_key: str):
+    def _features_in(self, input: object, features):
+        """A program capsule's features: as given, or else taken from its input by name."""
+        if features is None and self._program is not None and self.encoder.kind == "features" \
+                and isinstance(input, Mapping):
+            return {name: input[name] for name in self.encoder.feature_names if name in input}
+        return features
+
+    def _decide_in_program(self, context_key: str, features=None, metrics=None, ts_ns: int = 0):
         """The decision itself, at a program's choice node or for a plain capsule."""
-        if self._budget is None:
-            return self._learner.decide(context_key), None, None
-        return self._decide_budgeted(context_key)
+        d = self._choose(context_key, features, metrics, ts_ns or time.time_ns())
+        if self._budget is None or d.refused:
+            return d, None, None
+        reward = self.reward
+        try:
+            d, ticket = self._budget.hold(
+                self._learner, d,
+                lambda: learned_quality_bps(self._learner.table, d.context_key, reward.low, reward.high))
+        except Exception as error:
+            self._budget.refusals += 1
+            self._policy.forget(d.sequence)
+            return self._learner.refuse_last(d, "budget: unavailable"), None, error
+        self._after_budget(d)
+        return d, ticket, None
+
+    def _choose(self, context_key: str, features, metrics, ts_ns: int) -> Decision:
+        """The learning policy's decision, recorded in the ledger."""
+        if self._direct:
+            if features is not None or metrics is not None:
+                raise InvalidContext(f"capsule {self.name!r} decides from a context key alone")
+            return self._learner.decide(context_key)
+        policy = self._policy
+        key, x, regime, metric = policy.encode(context_key, features, metrics)
+        _check_context(key)
+        choice = policy.choose(self._learner.next_sequence, key, x, regime, metric, ts_ns)
+        d = self._learner.decide_with(key, choice.arm, choice.propensity)
+        value = None if self._action_values is None else self._action_values[choice.arm]
+        if choice.refusal is not None or choice.confidence is not None or value is not None:
+            d = with_assessment(d, choice.refusal, choice.confidence, value)
+        return d
+
+    def _after_budget(self, d: Decision) -> None:
+        """Tell the policy what the budget did to decision ``d``."""
+        if d.refused:
+            self._policy.forget(d.sequence)
+        elif d.substituted_for and not self._direct:
+            self._policy.substituted(d.sequence, d.option_index)
 
     def _refuse_after_program(self, d: Decision, cause: object) -> tuple[Decision, Exception | None]:
         """Undo decision ``d`` (the latest, pending) after its program failed: give its
@@ -308,54 +396,103 @@ class Capsule:
             self._budget.refusals += 1
             if d.substituted_for:       # the log will say refused: replay never sees the swap
                 self._budget.substitutions -= 1
+        self._policy.forget(d.sequence)
         kind = type(cause).__name__ if isinstance(cause, Exception) else "error"
         return self._learner.refuse_last(d, f"program: {kind}"), undo_error
 
-    def _decide_budgeted(self, context_key: str):
-        """Decide and hold the cost (the caller holds the lock): (decision, budget ticket,
-        error). When the budget fails (its journal, say), the decision is a refusal, so the
-        ledger and the log stay in step, and the error is returned for the caller to raise
-        once it has logged that refusal."""
-        d = self._learner.decide(context_key)
-        reward = self.reward
-        try:
-            d, ticket = self._budget.hold(
-                self._learner, d,
-                lambda: learned_quality_bps(self._learner.table, context_key, reward.low, reward.high))
-        except Exception as error:
-            self._budget.refusals += 1
-            return self._learner.refuse_last(d, "budget: unavailable"), None, error
-        return d, ticket, None
+    # --- feedback -----------------------------------------------------------------------
 
-    def _settle_and_apply(self, decision_id: str, reward: float, cost: int | None):
-        """Claim the budget settlement, then learn (the caller holds the lock): (reward,
-        claim). Pass the claim to ``self._budget.finish`` once the feedback is durable.
+    def feedback(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
+                 components: Mapping[str, Any] | None = None, signal: str | None = None) -> None:
+        """Report the outcome of a decision. Applied exactly once; errors change nothing.
 
-        Everything that can refuse is checked before anything changes."""
-        if self._budget is None:
+        Give the ``reward``, or its ``components`` when the reward spec combines them.
+        ``signal`` names one of several signals (``feedback.signals``) that fuse into the
+        reward once every required one has arrived. ``cost`` (budgeted capsules only) is
+        what the decision actually cost in microcents: it is committed against the hold;
+        without it the hold is released. Feedback on a refused decision, or to a frozen
+        capsule, is recorded but does not train.
+        """
+        if self._plain and cost is None and components is None and signal is None:
+            # The common case in one call: a refused update changes nothing, so the slow
+            # path may ask the learner again to find the right error.
+            if type(decision_id) is str and type(reward) is float and not self._learner.feedback(decision_id, reward):
+                return
+        with self._lock:
+            learned = self._learn(decision_id, reward, cost, components, signal)
+        if learned.claim is not None:
+            self._budget.finish(learned.claim)
+
+    async def feedback_async(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
+                             components: Mapping[str, Any] | None = None, signal: str | None = None) -> None:
+        """:meth:`feedback` for asyncio callers."""
+        self.feedback(decision_id, reward, cost=cost, components=components, signal=signal)
+
+    def _learn(self, decision_id: str, reward, cost, components, signal, detail: dict | None = None) -> Learned:
+        """Check and apply one feedback (the caller holds the lock). Everything that can
+        refuse is checked before anything changes."""
+        if type(decision_id) is not str:
+            raise UnknownDecision(self.name, decision_id, "decision ids are strings")
+        if cost is not None and self._budget is None:
             raise InvalidReward(f"capsule {self.name!r} has no budget, so its feedback takes no cost")
         if cost is not None and (type(cost) is not int or not 0 <= cost < 2**63):
             raise InvalidReward(f"cost must be integer microcents in [0, 2**63), got {cost!r}")
-        reward = self._checked(decision_id, reward)
+        if components is not None:
+            if reward is not None:
+                raise InvalidReward("pass reward= or components=, not both")
+            reward = self.reward.combine(components)
+            detail = {"components": {str(k): float(v) for k, v in components.items()}}
+        elif reward is None:
+            raise InvalidReward("feedback needs reward= (or components= when the reward spec has them)")
+        reward = reward if type(reward) is float else _check_reward(reward)
+        sequence = self._sequence_of(decision_id)
         status = self._learner.check_feedback(decision_id, reward)
         if status:
             self._raise_for(status, decision_id, reward)
-        claim = self._budget.settle(self._learner, int(decision_id[:16], 16), cost)
-        return self._apply_feedback(decision_id, reward), claim
+        if signal is not None:
+            # The log keeps the signal's own value; replay fuses again and checks the result.
+            fused = self._signal(decision_id, sequence, signal, reward)
+            detail = {"signal": signal, "fused": fused}
+            if fused is None:
+                return Learned(sequence, reward, detail, [], None, None)
+            learned = self._apply(sequence, fused, cost, detail)
+            learned.reward = reward
+            return learned
+        return self._apply(sequence, reward, cost, detail)
 
-    def _apply_feedback(self, decision_id: str, reward: float) -> float:
-        if type(decision_id) is not str or type(reward) is not float:  # the common case skips a call
-            reward = self._checked(decision_id, reward)
-        status = self._learner.feedback(decision_id, reward)
-        if status:
-            self._raise_for(status, decision_id, reward)
-        return reward
+    def _apply(self, sequence: int, reward: float, cost: int | None, detail: dict | None) -> Learned:
+        """Settle decision ``sequence`` (pending; ``reward`` checked) and learn from it."""
+        claim = None
+        if self._budget is not None:
+            claim = self._budget.settle(self._learner, sequence, cost)
+        trains = self._policy.trains(sequence)
+        status = self._learner.settle_at(sequence, reward, trains)
+        if status:   # checked already: only a bug gets here
+            raise AssertionError(f"feedback for sequence {sequence} failed after its checks: {status}")
+        events = self._policy.learn(sequence, reward, trains)
+        return Learned(sequence, reward, detail, events, claim, cost)
 
-    def _checked(self, decision_id: object, reward: object) -> float:
-        """The reward as a float, once the id's and the reward's types are right."""
-        if type(decision_id) is not str:
-            raise UnknownDecision(self.name, decision_id, "decision ids are strings")
-        return reward if type(reward) is float else _check_reward(reward)
+    def _sequence_of(self, decision_id: str) -> int:
+        try:
+            sequence = self._learner.sequence_of(decision_id)
+        except ValueError:
+            raise UnknownDecision(self.name, decision_id, "not a Syntra decision id") from None
+        except KeyError:
+            raise UnknownDecision(self.name, decision_id) from None
+        expired = self._policy.expired.get(sequence)
+        if expired is not None:
+            raise FeedbackExpired(self.name, decision_id, expired)
+        return sequence
+
+    def _signal(self, decision_id: str, sequence: int, name: object, value: float) -> float | None:
+        signals = self.learning["feedback"]["signals"]
+        if not signals:
+            raise InvalidReward(f"capsule {self.name!r} fuses no signals (feedback.signals is not set)")
+        if not isinstance(name, str) or name not in signals:
+            raise InvalidReward(f"unknown signal {name!r}; this capsule fuses {sorted(signals)}")
+        if name in self._policy.pending[sequence].signals:
+            raise DuplicateFeedback(self.name, f"{decision_id} (signal {name!r})")
+        return self._policy.signal(sequence, name, value)
 
     def _raise_for(self, status: int, decision_id: str, reward: float) -> None:
         if status == FeedbackStatus.FEEDBACK_DUPLICATE:
@@ -372,10 +509,142 @@ class Capsule:
             f"reward {reward!r} outside the range [{self.reward.low}, {self.reward.high}]"
         )
 
+    # --- waiting for rewards --------------------------------------------------------------
+
+    @property
+    def reward_wait_seconds(self) -> float | None:
+        """How long a decision waits for its reward before it gets the default (or None)."""
+        return self.learning["feedback"]["reward_wait_seconds"]
+
+    def expire_overdue(self, now_ns: int | None = None) -> int:
+        """Give every decision whose reward wait has run out its default reward (logged,
+        once each). Returns how many. The engine calls this periodically."""
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        done = 0
+        while True:
+            with self._lock:
+                overdue = self._policy.overdue(now_ns)[:256]
+                learned = [self._expire(sequence, now_ns) for sequence in overdue]
+            for item in learned:
+                self._finish_expiry(item)
+            done += len(learned)
+            if len(overdue) < 256:
+                return done
+
+    def _expire(self, sequence: int, now_ns: int) -> Learned:
+        learned = self._apply(sequence, float(self.learning["feedback"]["default_reward"]), None, {"default": True})
+        self._policy.expire(sequence, now_ns)
+        return learned
+
+    def _finish_expiry(self, learned: Learned) -> None:
+        if learned.claim is not None:
+            self._budget.finish(learned.claim)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def lifecycle(self) -> str:
+        """``warmup``, ``active`` or ``frozen``."""
+        return self._policy.lifecycle
+
+    def freeze(self) -> None:
+        """Serve from the current state and learn nothing until :meth:`unfreeze`; every
+        decision and feedback is still logged. Audited."""
+        with self._lock:
+            self._change("freeze", None)
+
+    def unfreeze(self) -> None:
+        """Resume learning where :meth:`freeze` stopped it. Audited."""
+        with self._lock:
+            self._change("unfreeze", None)
+
+    def update_learning(self, learning: Mapping[str, Any]) -> None:
+        """Replace the learning config (a partial one merges with the defaults), atomically:
+        what was learned is kept wherever the new config still fits it. Audited.
+
+        ``contextSpec``, ``actions`` and ``optionFeatures`` shape what has been learned and
+        cannot change; install a new capsule for that.
+        """
+        config = self._checked_learning(learning)
+        with self._lock:
+            self._change("update_learning", config)
+
+    def _checked_learning(self, learning: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(learning, Mapping):
+            raise InvalidConfig(f"learning config must be a mapping, got {type(learning).__name__}")
+        parsed = LearningConfig.parse(learning)
+        parsed.check_options(self.options)
+        config = parsed.to_dict()
+        for fixed in ("contextSpec", "actions", "optionFeatures"):
+            if config[fixed] != self.learning[fixed]:
+                raise InvalidConfig(f"learning.json: {fixed} cannot change on an installed capsule"
+                                    f" (it shapes what was learned); install a new capsule")
+        names = candidate_names(config, self.reward)
+        Policy(config, self.options, self.reward, ArmTable(len(self.options), self.reward.low, self.reward.high),
+               self.config["seed"], self.encoder, names)   # every setting checked before anything changes
+        return config
+
+    def _change(self, action: str, config: dict[str, Any] | None) -> dict[str, Any]:
+        """Apply an operator action (the caller holds the lock); returns its audit event."""
+        self._policy.check_action(action)
+        if action == "freeze":
+            event = self._policy.freeze()
+        elif action == "unfreeze":
+            event = self._policy.unfreeze()
+        else:
+            event = self._relearn(config)
+        self._replan()
+        return event
+
+    def _relearn(self, config: dict[str, Any]) -> dict[str, Any]:
+        names = candidate_names(config, self.reward)
+        old = self._policy
+        policy = Policy(config, self.options, self.reward, old.table, self.config["seed"], self.encoder, names)
+        policy.carry_over(old)
+        first = policy.candidates[0]
+        self._learner.replace_rule(first.rule if not first.linear else Rule(old.table))
+        self._policy = policy
+        self._direct = _direct(config, names) and not old.pending
+        self.learning = config
+        return {"event": "update_learning", "learning": config}
+
+    # --- replay -------------------------------------------------------------------------------
+
+    def _replay_decision(self, entry) -> tuple[Decision, str | None]:
+        """Decide again as logged decision ``entry`` was decided: (decision, the learning
+        refusal the log records)."""
+        inputs = json.loads(entry.inputs) if entry.inputs else {}
+        return self._choose(entry.context_key, inputs.get("features"), inputs.get("metrics"), entry.ts_ns), \
+            inputs.get("refusal")
+
+    def _replay_feedback(self, entry) -> None:
+        """Apply logged feedback ``entry`` as it was applied live (the budget is reconciled
+        after replay, not here). Raises ValueError if it does not apply the same way."""
+        detail = json.loads(entry.detail) if entry.detail else {}
+        sequence, reward = entry.sequence, entry.reward
+        if "signal" in detail:
+            fused = self._policy.signal(sequence, detail["signal"], reward)
+            if fused != detail["fused"]:
+                raise ValueError(f"signals fused to {fused}, the log says {detail['fused']}")
+            if fused is None:
+                return
+            reward = fused
+        trains = self._policy.trains(sequence)
+        status = self._learner.settle_at(sequence, reward, trains)
+        if status:
+            raise ValueError(f"feedback status {status}")
+        self._policy.learn(sequence, reward, trains)
+        if detail.get("default"):
+            self._policy.expire(sequence, entry.ts_ns)
+
+    # --- reporting -------------------------------------------------------------------------
+
     def _retire(self) -> None:
         # A stale reference to an uninstalled capsule must not decide or learn (a durable
         # one would log records for a capsule that replay no longer knows).
         self._learner = _Uninstalled(self.name, self._learner)
+        self._plain = False
+        self._policy.pending.clear()
         if self._budget is not None:
             self._budget.release_all()
 
@@ -394,8 +663,10 @@ class Capsule:
         return self._learner.pending
 
     def report(self) -> dict[str, Any]:
-        """What the capsule has learned, per context: plays, mean reward and the leader
-        (``best_option``: the most played option, ties going to the higher mean)."""
+        """What the capsule has learned: per context, plays, mean reward and the leader
+        (``best_option``: the most played option, ties going to the higher mean); the
+        learning policy's lifecycle, candidates (trials, estimated value, share), drift
+        events and refusals."""
         table = self._learner.table
         contexts = {}
         for key in table.contexts:
@@ -415,18 +686,31 @@ class Capsule:
             }
         report = {
             "name": self.name,
-            "algorithm": self.algorithm,
+            "algorithm": self.learning["algorithm"],
             "reward": self.reward.to_dict(),
             "decisions": self.decisions,
             "pending": self.pending,
             "contexts": contexts,
+            **self._policy.report(),
         }
         if self._budget is not None:
             report["budget"] = self._budget.report()
         return report
 
     def __repr__(self) -> str:
-        return f"Capsule({self.name!r}, options={list(self.options)!r}, algorithm={self.algorithm!r})"
+        return f"Capsule({self.name!r}, options={list(self.options)!r}, algorithm={self.learning['algorithm']!r})"
+
+
+def _inputs_json(features, metrics, refusal) -> str | None:
+    """What a decision was made from beyond its key, as logged (None when nothing)."""
+    inputs = {}
+    if features is not None:
+        inputs["features"] = dict(features)
+    if metrics is not None:
+        inputs["metrics"] = dict(metrics)
+    if refusal is not None:
+        inputs["refusal"] = refusal
+    return encode_json(inputs).decode() if inputs else None
 
 
 class DurableCapsule(Capsule):
@@ -438,58 +722,92 @@ class DurableCapsule(Capsule):
         super().__init__(config, budget, sandbox)
         self._store = store
 
-    def _submit_decision(self, context_key: str, input: object):
+    def _submit_decision(self, context_key: str, input: object, features, metrics):
         _check_context(context_key)
+        features = self._features_in(input, features)
         with self._lock:
             self._store.check()
-            d, budget_ticket, error = self._decide_locked(context_key, input)
+            ts_ns = time.time_ns()
+            d, budget_ticket, error = self._decide_locked(context_key, input, features, metrics, ts_ns)
             # d.context_key, not context_key: a program capsule may take it from the input.
+            learning_refusal = d.refusal if d.refused and d.decision_id is not None else None
             ticket = self._store.submit(RecordType.DECISION, DecisionRecord(
-                self.uid, d.sequence, time.time_ns(), d.propensity,
-                REFUSED_OPTION if d.refused else d.option_index, d.context_key, result=d.result_json,
+                self.uid, d.sequence, ts_ns, d.propensity,
+                REFUSED_OPTION if d.decision_id is None else d.option_index, d.context_key,
+                result=d.result_json, inputs=_inputs_json(features, metrics, learning_refusal),
             ).encode())
         if error is not None:
             raise error
         return d, ticket, budget_ticket
 
-    def _submit_feedback(self, decision_id: str, reward: float, cost: int | None):
-        claim = None
+    def _log_learned(self, learned: Learned):
+        """Submit the feedback record and the audit events of ``learned``; the last ticket."""
+        detail = None if learned.detail is None else encode_json(learned.detail).decode()
+        ticket = self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
+            self.uid, learned.sequence, time.time_ns(), learned.reward, learned.cost, detail,
+        ).encode())
+        for event in learned.events:
+            ticket = self._store.submit(RecordType.AUDIT, encode_json(
+                {"kind": "lifecycle", "capsule": self.name, "uid": self.uid, "details": event,
+                 "ts_ns": time.time_ns()}))
+        return ticket
+
+    def _submit_feedback(self, decision_id, reward, cost, components, signal):
         with self._lock:
             self._store.check()
-            if self._budget is None and cost is None:
-                reward = self._apply_feedback(decision_id, reward)
-            else:
-                reward, claim = self._settle_and_apply(decision_id, reward, cost)
-            # Applied: the id is well formed, and its first 16 hex digits are the sequence.
+            learned = self._learn(decision_id, reward, cost, components, signal)
             # The cost is logged too: if the budget journal loses its settlement (the two
             # logs sync apart), recovery settles the hold from this record.
-            ticket = self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
-                self.uid, int(decision_id[:16], 16), time.time_ns(), reward, cost,
-            ).encode())
-        return ticket, claim
+            ticket = self._log_learned(learned)
+        return ticket, learned.claim
 
-    def decide(self, context_key: str = "", *, input: object = None) -> Decision:
-        d, ticket, budget_ticket = self._submit_decision(context_key, input)
+    def decide(self, context_key: str = "", *, input: object = None, features=None, metrics=None) -> Decision:
+        d, ticket, budget_ticket = self._submit_decision(context_key, input, features, metrics)
         self._store.wait(ticket)
         if budget_ticket is not None:
             self._budget.budget.wait(budget_ticket)
         return d
 
-    def feedback(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
-        ticket, claim = self._submit_feedback(decision_id, reward, cost)
+    def feedback(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
+                 components=None, signal=None) -> None:
+        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal)
         self._store.wait(ticket)
         if claim is not None:
             self._budget.finish(claim)
 
-    async def decide_async(self, context_key: str = "", *, input: object = None) -> Decision:
-        d, ticket, budget_ticket = self._submit_decision(context_key, input)
+    async def decide_async(self, context_key: str = "", *, input: object = None, features=None,
+                           metrics=None) -> Decision:
+        d, ticket, budget_ticket = self._submit_decision(context_key, input, features, metrics)
         await self._store.wait_async(ticket)
         if budget_ticket is not None:
             await self._budget.budget.wait_async(budget_ticket)
         return d
 
-    async def feedback_async(self, decision_id: str, reward: float, *, cost: int | None = None) -> None:
-        ticket, claim = self._submit_feedback(decision_id, reward, cost)
+    async def feedback_async(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
+                             components=None, signal=None) -> None:
+        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal)
         await self._store.wait_async(ticket)
         if claim is not None:
             await self._budget.finish_async(claim)
+
+    def _expire(self, sequence: int, now_ns: int) -> Learned:
+        self._store.check()
+        learned = super()._expire(sequence, now_ns)
+        learned.claim = (learned.claim, self._log_learned(learned))
+        return learned
+
+    def _finish_expiry(self, learned: Learned) -> None:
+        claim, ticket = learned.claim
+        self._store.wait(ticket)
+        if claim is not None:
+            self._budget.finish(claim)
+
+    def _change(self, action: str, config):
+        # Written ahead: an action the log does not have must not have happened.
+        self._store.check()
+        self._policy.check_action(action)
+        body = {"uid": self.uid, "name": self.name, "action": action, "ts_ns": time.time_ns()}
+        if config is not None:
+            body["learning"] = config
+        self._store.record(RecordType.LEARNING, encode_json(body))
+        return super()._change(action, config)

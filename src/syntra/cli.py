@@ -80,7 +80,13 @@ def _add_simulate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=5000, help="rounds to play (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--algorithm", choices=sorted(ALGORITHMS), default="thompson",
-                        help="decision rule (default thompson)")
+                        help="decision rule, or auto for the meta-bandit over candidate rules"
+                        " (default thompson)")
+    parser.add_argument("--context-features", type=int, default=0, metavar="N",
+                        help="give every round N uniform features that shift which option is best,"
+                        " and decide from them (default 0)")
+    parser.add_argument("--drift-at", type=int, metavar="ROUND",
+                        help="reverse the true rewards from this round on (abrupt drift)")
     parser.add_argument("--context", default="", metavar="KEY",
                         help="context key every decision uses (default none)")
     parser.add_argument("--plot", metavar="PATH",
@@ -102,7 +108,9 @@ def _run_simulate(args: argparse.Namespace) -> int:
             check_plot_path(args.plot)
         with _ProgressBar(args.rounds, enabled=not args.json) as advance:
             result = simulate(args.options, args.true_means, args.rounds, args.seed,
-                              algorithm=args.algorithm, context=args.context, progress=advance)
+                              algorithm=args.algorithm, context=args.context,
+                              context_features=args.context_features, drift_at=args.drift_at,
+                              progress=advance)
     except InvalidSimulation as error:
         args.parser.error(str(error))  # the arguments are wrong: say so as argparse would
     # The result goes out before the plot is drawn: a plot that still fails to write (disk
@@ -173,6 +181,19 @@ def _format_simulation(result: SimulationResult) -> str:
         f"  (uniform random: {result.uniform_regret:,.1f})",
         f"best-arm share     {result.best_arm_share:.1%}  (* = best option)",
     ]
+    if result.context_features or result.drift_at is not None:
+        lines[0] += f", {result.context_features} features" if result.context_features else ""
+        lines[0] += f", drift at round {result.drift_at:,}" if result.drift_at is not None else ""
+        lines.append("(with features or a drift the true means move: shares are of the base means)")
+    if result.learning is not None:
+        lines += ["", f"lifecycle          {result.learning['lifecycle']}"]
+        events = result.learning["drift_events"]
+        if events:
+            lines.append("drift detected at  " + ", ".join(f"decision {e['sequence']:,} ({e['scope']})"
+                                                           for e in events))
+        lines += ["", _table(["candidate", "trials", "estimated value", "share"], [
+            [name, f"{c['trials']:,}", "-" if c["value"] is None else f"{c['value']:.3f}", f"{c['share']:.1%}"]
+            for name, c in result.learning["candidates"].items()], "<>>>")]
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ the same calls give the same options and propensities, not the same ids.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -55,8 +56,11 @@ from syntra.errors import (
     CapsuleExists,
     InvalidConfig,
     StorageCorrupt,
+    StorageError,
+    SyntraError,
     UnknownCapsule,
 )
+from syntra.learning.config import LearningConfig
 from syntra.names import CapsuleName
 from syntra.store.records import (
     REFUSED_OPTION,
@@ -77,6 +81,18 @@ def _derive(label: bytes, *parts: bytes, size: int) -> bytes:
     return hasher.digest(size)
 
 
+
+_log = logging.getLogger("syntra.engine")
+
+
+def _action_options(learning: Mapping[str, Any], options: Iterable[str] | None) -> tuple[str, ...]:
+    """The options an action shape generates (continuous buckets, hierarchical leaves);
+    ``options``, if given too, must be exactly those."""
+    generated = tuple(LearningConfig.parse(learning).actions.options())
+    if options is not None and tuple(options) != generated:
+        raise InvalidConfig(f"learning.json: actions of kind {learning['actions']['kind']!r} generate the"
+                            f" options {list(generated)[:8]}...; pass no options (or exactly those)")
+    return generated
 
 BUDGET_DIRECTORY = "budget"
 SANDBOX_DIRECTORY = "sandboxes"
@@ -105,6 +121,10 @@ class Engine:
         self._installs: dict[str, int] = {}
         self._next_uid = 1
         self._lock = threading.Lock()
+        # Gives decisions whose reward wait ran out their default reward (learning.json
+        # feedback.reward_wait_seconds); started with the first capsule that waits.
+        self._waiter: threading.Thread | None = None
+        self._stop_waiting = threading.Event()
 
     @classmethod
     def memory(cls, seed: int = 0) -> Engine:
@@ -147,6 +167,7 @@ class Engine:
             raise
         store.start_checkpointer(engine.checkpoint)
         budget.start_sweeper()
+        engine._start_waiter()
         return engine
 
     @classmethod
@@ -210,6 +231,9 @@ class Engine:
             capsule = self._register(entry["config"])
             try:
                 capsule._learner.import_state(entry["state"])
+                if "policy" in entry:
+                    capsule._policy.import_state(entry["policy"])
+                    capsule._replan()
                 if capsule._budget is not None:
                     capsule._budget.load_counters(entry.get("budget", {}))
             except (KeyError, TypeError, ValueError) as exc:
@@ -220,33 +244,46 @@ class Engine:
         if rtype == RecordType.DECISION:
             entry = DecisionRecord.decode(record.payload)
             capsule = self._replay_capsule(entry.capsule_uid, record)
-            d = capsule._learner.decide(entry.context_key)
+            try:
+                d, refusal = capsule._replay_decision(entry)
+            except (ValueError, TypeError) as exc:
+                raise StorageCorrupt(f"replay of WAL record {record.sequence} failed: {exc}") from None
             budgeted = capsule._budget is not None
             refusable = budgeted or capsule._program is not None
             if d.sequence == entry.sequence and refusable and entry.option_index == REFUSED_OPTION:
                 capsule._learner.refuse_last(d, "refused")
+                capsule._policy.forget(d.sequence)
                 if budgeted:
                     capsule._budget.refusals += 1
-            elif d.sequence == entry.sequence and budgeted and entry.option_index < len(capsule.options):
-                # The budget may have swapped the rule's choice for one that fit.
-                if d.option_index != entry.option_index:
-                    capsule._learner.substitute_last(d, entry.option_index)
-                    capsule._budget.substitutions += 1
-            elif d.sequence != entry.sequence or d.option_index != entry.option_index:
+            elif (d.sequence == entry.sequence and budgeted and entry.option_index < len(capsule.options)
+                  and d.option_index != entry.option_index):
+                # The budget swapped the rule's choice for one that fit.
+                d = capsule._learner.substitute_last(d, entry.option_index)
+                capsule._after_budget(d)
+                capsule._budget.substitutions += 1
+            elif (d.sequence != entry.sequence or d.option_index != entry.option_index
+                  or (d.refusal if d.decision_id is not None else None) != refusal):
                 raise StorageCorrupt(
                     f"replay diverged at WAL record {record.sequence}: decided option"
-                    f" {d.option_index} at sequence {d.sequence}, the log says {entry.option_index}"
-                    f" at {entry.sequence}"
+                    f" {d.option_index} at sequence {d.sequence} (refusal {d.refusal!r}), the log says"
+                    f" {entry.option_index} at {entry.sequence} (refusal {refusal!r})"
                 )
         elif rtype == RecordType.FEEDBACK:
             entry = FeedbackRecord.decode(record.payload)
             capsule = self._replay_capsule(entry.capsule_uid, record)
             if capsule._budget is not None and entry.sequence in capsule._budget.holds:
                 capsule._budget.replayed_costs[entry.sequence] = entry.cost
-            learner = capsule._learner
-            status = learner.feedback_at(entry.sequence, entry.reward)
-            if status:
-                raise StorageCorrupt(f"replay of WAL record {record.sequence} failed with status {status}")
+            try:
+                capsule._replay_feedback(entry)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise StorageCorrupt(f"replay of WAL record {record.sequence} failed: {exc}") from None
+        elif rtype == RecordType.LEARNING:
+            body = decode_json(record.payload, rtype)
+            capsule = self._replay_capsule(body.get("uid"), record)
+            try:
+                Capsule._change(capsule, body["action"], body.get("learning"))   # logged already
+            except (KeyError, ValueError, SyntraError) as exc:
+                raise StorageCorrupt(f"replay of WAL record {record.sequence} failed: {exc}") from None
         elif rtype == RecordType.CAPSULE_INSTALLED:
             self._register(install_config(record.payload))
         elif rtype == RecordType.CAPSULE_UNINSTALLED:
@@ -293,10 +330,11 @@ class Engine:
         self,
         name: str,
         *,
-        options: Iterable[str],
+        options: Iterable[str] | None = None,
         reward: Mapping[str, Any] | None = None,
-        algorithm: str = "thompson",
+        algorithm: str | None = None,
         settings: Mapping[str, Any] | None = None,
+        learning: Mapping[str, Any] | None = None,
         budget: Mapping[str, Any] | None = None,
         lyc: bytes | None = None,
         limits: Mapping[str, Any] | None = None,
@@ -305,9 +343,16 @@ class Engine:
     ) -> Capsule:
         """Install a capsule under ``name`` and return it.
 
-        ``algorithm`` is ``"thompson"`` (default) or ``"ucb1"``; ``settings`` tunes it
-        (``prior_a``, ``prior_b``, ``samples``, ``max_staleness`` for Thompson;
-        ``exploration`` for UCB1). ``budget`` holds each decision's cost on an account of
+        Without ``learning``, the capsule runs exactly ``algorithm`` (default
+        ``"thompson"``; also ``ucb1``, ``gaussian_thompson``, ``epsilon_greedy``,
+        ``softmax``, ``greedy``) tuned by ``settings`` (``prior_a``, ``prior_b``,
+        ``samples``, ``max_staleness`` for Thompson; ``exploration`` for UCB1; see
+        docs/learning.md), from its first decision. ``learning`` is a ``learning.json``
+        config (docs/learning.md; a partial one merges with the defaults): it brings the
+        learning layer, with ``auto`` (the meta-bandit over candidate rules) as its
+        default algorithm, a warmup, drift detection, feature contexts, refusal, quality
+        floors, reward waits and signals. ``algorithm`` and ``settings``, when given,
+        override its own. ``budget`` holds each decision's cost on an account of
         :attr:`budget`: ``{"account": name, "costs": {option: microcents},
         "hold_seconds": 300, "value_microcents": ...}`` (see :mod:`syntra.budget.gate`).
         ``lyc`` makes it a program capsule: compiled Lycan whose one choice node has
@@ -316,9 +361,18 @@ class Engine:
         ``context={"kind": "discrete", "key": "a.b"}`` takes the context key from the input.
         """
         parsed = CapsuleName.parse(name)
-        option_names = _check_options(options)
         spec = RewardSpec.parse(reward)
-        settings = _check_settings(algorithm, settings, len(option_names))
+        learning_config = self._learning_config(learning, algorithm, settings)
+        if learning_config is not None and learning_config["actions"]["kind"] != "discrete":
+            options = _action_options(learning_config, options)
+        option_names = _check_options(options)
+        algorithm = algorithm or (learning_config["algorithm"] if learning_config else "thompson")
+        settings = _check_settings(algorithm, settings if settings is not None else
+                                   (learning_config["settings"] if learning_config else None), len(option_names))
+        if learning_config is not None:
+            parsed_learning = LearningConfig.parse(learning_config)
+            parsed_learning.check_options(option_names)
+            parsed_learning.check_reward(spec)
         budget_spec = BudgetSpec.parse(budget, option_names)
         if (limits is not None or policy is not None or context is not None) and lyc is None:
             raise InvalidConfig("limits, policy and context belong to a program: they need lyc")
@@ -349,6 +403,8 @@ class Engine:
                 # Ids from another engine or an earlier install of this name are unknown here.
                 "tag": _derive(b"capsule-tag", self.nonce, encoded, install.to_bytes(8, "little"), size=8).hex(),
             }
+            if learning_config is not None:
+                config["learning"] = learning_config
             if budget_spec is not None:
                 config["budget"] = budget_spec.to_dict(option_names)
             if program is not None:
@@ -358,7 +414,44 @@ class Engine:
             if self._store:
                 self._store.record(RecordType.CAPSULE_INSTALLED,
                                    encode_json({**config, "ts_ns": time.time_ns()}))
-            return self._register(config, capsule)
+            self._register(config, capsule)
+        self._start_waiter()
+        return capsule
+
+    @staticmethod
+    def _learning_config(learning, algorithm, settings) -> dict[str, Any] | None:
+        """The full learning config an install asks for, or None for a plain rule."""
+        if learning is None:
+            return None
+        if not isinstance(learning, Mapping):
+            raise InvalidConfig(f"learning must be a mapping (a learning.json config), got {type(learning).__name__}")
+        merged = dict(learning)
+        if algorithm is not None:
+            merged["algorithm"] = algorithm
+        if settings is not None:
+            merged["settings"] = dict(settings)
+        return LearningConfig.parse(merged).to_dict()
+
+    def _start_waiter(self) -> None:
+        if self._waiter is not None or not any(c.reward_wait_seconds for c in self.capsules()):
+            return
+        self._waiter = threading.Thread(target=self._wait_for_rewards, name="syntra-reward-wait", daemon=True)
+        self._waiter.start()
+
+    def _wait_for_rewards(self) -> None:
+        while True:
+            waits = [c.reward_wait_seconds for c in self.capsules() if c.reward_wait_seconds]
+            # A quarter of the shortest wait, so a default lands within 25% of its time.
+            if self._stop_waiting.wait(min([w / 4 for w in waits] + [1.0])):
+                return
+            for capsule in self.capsules():
+                if capsule.reward_wait_seconds:
+                    try:
+                        capsule.expire_overdue()
+                    except (UnknownCapsule, StorageError):
+                        pass   # uninstalled meanwhile, or the store closed: nothing to give
+                    except Exception:
+                        _log.exception("giving capsule %s its default rewards failed", capsule.name)
 
     def install_dir(self, name: str, path: str | Path, **overrides: Any) -> Capsule:
         """Install the capsule directory at ``path`` (written by ``syntra author``) under
@@ -410,7 +503,8 @@ class Engine:
                   "installs": dict(sorted(self._installs.items())), "retired": retired}
         capsules = []
         for c in self.capsules():
-            entry = {"config": c.config, "state": c._learner.export_state()}
+            entry = {"config": c.config, "state": c._learner.export_state(),
+                     "policy": c._policy.export_state()}
             if c._budget is not None:
                 entry["budget"] = c._budget.counters()
             capsules.append(entry)
@@ -450,6 +544,9 @@ class Engine:
 
         ``checkpoint=False`` skips the final checkpoint: the next open replays the log tail.
         """
+        self._stop_waiting.set()
+        if self._waiter is not None and self._waiter is not threading.current_thread():
+            self._waiter.join()
         try:
             if self._store is not None:
                 self._store.close(final_checkpoint=self.checkpoint if checkpoint else None)

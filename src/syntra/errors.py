@@ -59,6 +59,25 @@ class DuplicateFeedback(SyntraError):
         self.decision_id = decision_id
 
 
+class FeedbackExpired(DuplicateFeedback):
+    """The decision's reward wait ran out and it got the default reward; late feedback is
+    not applied."""
+
+    def __init__(self, capsule: str, decision_id: str, expired_at_ns: int):
+        SyntraError.__init__(
+            self,
+            f"decision {decision_id!r} of capsule {capsule!r} got its default reward at"
+            f" {expired_at_ns} ns (its reward wait ran out); late feedback is not applied",
+        )
+        self.capsule = capsule
+        self.decision_id = decision_id
+        self.expired_at_ns = expired_at_ns
+
+
+class FailedPrecondition(SyntraError):
+    """The capsule is not in a state the operation applies to (freezing a frozen capsule)."""
+
+
 class InvalidReward(SyntraError, ValueError):
     """A reward is not finite, or not allowed by the capsule's reward spec."""
 

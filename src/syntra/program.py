@@ -154,7 +154,7 @@ class _Stop(Exception):
     """Ends a run at the choice node: the decision was refused, nothing more to compute."""
 
 
-def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: object):
+def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: object, **decide_inputs):
     """Run ``capsule``'s program and decide at its choice node (the caller holds the lock).
 
     Returns (decision, budget ticket, error) like ``Capsule._decide_budgeted``: when the
@@ -162,13 +162,14 @@ def run_decision(capsule, spec: ProgramSpec, context_key: str, input_value: obje
     refusal (its hold, if any, released) so the ledger and the log stay in step, and the
     error is returned for the caller to raise once it has logged the refusal. A failure
     before the choice node decides nothing and raises ProgramError at once.
+    ``decide_inputs`` (features, metrics, ts_ns) go to the decision at the choice node.
     """
     made: list = []
 
     def chooser(node) -> int:
         if made:
             raise lycan.ExecutionError("the choice node was reached a second time in one run")
-        d, ticket, error = capsule._decide_in_program(context_key)
+        d, ticket, error = capsule._decide_in_program(context_key, **decide_inputs)
         made.append((d, ticket, error))
         if d.refused:
             raise _Stop()

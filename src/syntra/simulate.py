@@ -5,8 +5,19 @@ Every round the capsule decides, the world pays 1 with the chosen option's true 
 own :class:`~syntra_core.rng.RandomStream`, keyed by the seed and a fixed sequence the
 engine never uses for it, so a run is reproducible from its seed alone.
 
+Two variations test the learning layer:
+
+* ``context_features=d``: every round the world draws ``d`` features uniformly in [0, 1],
+  and option ``i`` pays with probability ``sigmoid(logit(true_means[i]) + w_i . (x - 1/2))``,
+  with weights ``w_i`` (scale 4) drawn once from the world's stream, so which option is best
+  depends on the features. The capsule decides from them (``contextSpec`` of kind
+  ``features``).
+* ``drift_at=r``: from round ``r`` on, the true means are reversed (the best option
+  becomes the worst).
+
 Regret here is pseudo-regret: the sum over rounds of ``best mean - mean of the chosen
-option``. It measures the rule, not the luck of the world's coin flips.
+option``, both in that round's world. It measures the rule, not the luck of the world's
+coin flips.
 
 >>> result = simulate(["a", "b"], [0.1, 0.9], rounds=500, seed=7)
 >>> sum(result.pulls.values())
@@ -32,6 +43,7 @@ from syntra.engine import Engine
 from syntra.errors import InvalidConfig, InvalidContext, SyntraError
 
 MAX_ROUNDS = 10**8
+MAX_FEATURES = 64
 CURVE_POINTS = 200
 CAPSULE_NAME = "tenants/sim/jobs/simulate/capsules/bandit"
 # "WORLD" in ASCII: the world's stream sequence, so it never coincides with the engine's.
@@ -60,10 +72,14 @@ class SimulationResult:
     seed: int
     algorithm: str
     context: str
+    context_features: int
+    drift_at: int | None
     pulls: dict[str, int]
     mean_reward: dict[str, float | None]
     cumulative_regret: float
     regret_curve: tuple[tuple[int, float], ...]
+    # What the learning layer reports: lifecycle, candidates, drift events (learning runs).
+    learning: dict[str, Any] | None = None
 
     @property
     def best_options(self) -> tuple[str, ...]:
@@ -78,7 +94,8 @@ class SimulationResult:
 
     @property
     def uniform_regret(self) -> float:
-        """The regret a uniformly random choice would expect: the baseline to beat."""
+        """The regret a uniformly random choice would expect without features: the
+        baseline to beat (reversing the means at a drift does not change it)."""
         top = max(self.true_means)
         return self.rounds * sum(top - m for m in self.true_means) / len(self.true_means)
 
@@ -90,6 +107,8 @@ class SimulationResult:
             "seed": self.seed,
             "algorithm": self.algorithm,
             "context": self.context,
+            "context_features": self.context_features,
+            "drift_at": self.drift_at,
             "cumulative_regret": self.cumulative_regret,
             "uniform_regret": self.uniform_regret,
             "best_options": list(self.best_options),
@@ -97,6 +116,7 @@ class SimulationResult:
             "pulls": dict(self.pulls),
             "mean_reward": dict(self.mean_reward),
             "regret_curve": [list(point) for point in self.regret_curve],
+            "learning": self.learning,
         }
 
 
@@ -108,13 +128,18 @@ def simulate(
     *,
     algorithm: str = "thompson",
     context: str = "",
+    context_features: int = 0,
+    drift_at: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> SimulationResult:
     """Play ``rounds`` rounds of a fresh capsule against Bernoulli options.
 
-    ``true_means[i]`` is the probability that option ``i`` pays 1. ``progress``, if given,
-    is called with 0 once the settings are valid and the run starts, then now and then
-    with the number of rounds played since its previous call.
+    ``true_means[i]`` is the probability that option ``i`` pays 1 (before features shift
+    it; see the module docs for ``context_features`` and ``drift_at``). ``algorithm``
+    ``"auto"``, features or a drift run the capsule with the learning layer (warmup, drift
+    detection; see docs/learning.md); otherwise it runs exactly the named rule.
+    ``progress``, if given, is called with 0 once the settings are valid and the run
+    starts, then now and then with the number of rounds played since its previous call.
     Raises :class:`InvalidSimulation` for invalid settings, with the engine's own message
     for options and context (so whatever the engine would refuse is refused here first).
     """
@@ -127,29 +152,37 @@ def simulate(
         true_means = tuple(float(m) for m in true_means)
     except (TypeError, ValueError):
         raise InvalidSimulation(f"true rewards must be numbers, got {true_means!r}") from None
-    _validate(options, true_means, rounds, seed, algorithm)
+    _validate(options, true_means, rounds, seed, algorithm, context_features, drift_at)
 
     engine = Engine.memory(seed=seed)
-    capsule = engine.install(CAPSULE_NAME, options=options, algorithm=algorithm,
-                             reward={"type": "bernoulli"})
+    learning = None
+    names = [f"f{i}" for i in range(context_features)]
+    if algorithm == "auto" or context_features or drift_at is not None:
+        learning = {"algorithm": algorithm}
+        if context_features:
+            learning["contextSpec"] = {"kind": "features", "features": {
+                name: {"type": "continuous", "range": [0, 1]} for name in names}}
+    try:
+        capsule = engine.install(CAPSULE_NAME, options=options, algorithm=algorithm,
+                                 reward={"type": "bernoulli"}, learning=learning)
+    except InvalidConfig as error:
+        raise InvalidSimulation(str(error)) from None
     world = RandomStream(seed, sequence=WORLD_SEQUENCE)
-    top = max(true_means)
-    gaps = [top - m for m in true_means]
-    counts = [0] * len(options)
+    weights = [[4.0 * (2.0 * world.random() - 1.0) for _ in names] for _ in options]
+    run = _Run(capsule, context, names, world, true_means, weights, drift_at)
 
     curve = []
     played = 0
     if progress is not None:
         progress(0)
     for checkpoint in _checkpoints(rounds, CURVE_POINTS):
-        _play(capsule, context, world, true_means, counts, checkpoint - played)
+        run.play(played, checkpoint)
         if progress is not None:
             progress(checkpoint - played)
         played = checkpoint
-        # From counts rather than a running sum, so no rounding error builds up.
-        curve.append((played, math.fsum(n * gap for n, gap in zip(counts, gaps))))
+        curve.append((played, math.fsum(run.gaps)))
 
-    learned = capsule.report()["contexts"][context]
+    report = capsule.report()
     return SimulationResult(
         options=options,
         true_means=true_means,
@@ -157,22 +190,62 @@ def simulate(
         seed=seed,
         algorithm=algorithm,
         context=context,
-        pulls=dict(zip(options, counts)),
-        mean_reward=dict(learned["mean_reward"]),
+        context_features=context_features,
+        drift_at=drift_at,
+        pulls=dict(zip(options, run.counts)),
+        mean_reward={o: (r / n if n else None) for o, r, n in zip(options, run.rewards, run.counts)},
         cumulative_regret=curve[-1][1],
         regret_curve=tuple(curve),
+        learning=None if learning is None else {
+            key: report[key] for key in ("lifecycle", "candidates", "drift_events")},
     )
 
 
-def _play(capsule, context: str, world: RandomStream, true_means: tuple[float, ...],
-          counts: list[int], rounds: int) -> None:
-    # The hot loop: local names, and nothing per round that can wait for a checkpoint.
-    decide, feedback, draw = capsule.decide, capsule.feedback, world.random
-    for _ in range(rounds):
-        decision = decide(context)
-        arm = decision.option_index
-        counts[arm] += 1
-        feedback(decision.decision_id, 1.0 if draw() < true_means[arm] else 0.0)
+class _Run:
+    """One simulated world and the capsule playing in it."""
+
+    def __init__(self, capsule, context, names, world, true_means, weights, drift_at):
+        self.capsule, self.context, self.names, self.world = capsule, context, names, world
+        self.means, self.weights, self.drift_at = true_means, weights, drift_at
+        self.logits = [math.log(max(m, 1e-9) / max(1.0 - m, 1e-9)) for m in true_means]
+        self.counts = [0] * len(true_means)
+        self.rewards = [0.0] * len(true_means)
+        self.gaps: list[float] = []   # per checkpoint span, summed exactly at the end
+
+    def _round_means(self, round_index: int, x: list[float]) -> tuple[float, ...]:
+        means = self.means
+        if self.drift_at is not None and round_index >= self.drift_at:
+            means = means[::-1]
+        if not x:
+            return means
+        out = []
+        for mean, w in zip(means, self.weights):
+            logit = math.log(max(mean, 1e-9) / max(1.0 - mean, 1e-9))
+            logit += sum(wi * (xi - 0.5) for wi, xi in zip(w, x))
+            out.append(1.0 / (1.0 + math.exp(-logit)))
+        return tuple(out)
+
+    def play(self, start: int, stop: int) -> None:
+        # The hot loop: local names, and nothing per round that can wait for a checkpoint.
+        decide, feedback, draw = self.capsule.decide, self.capsule.feedback, self.world.random
+        names, context, counts, rewards = self.names, self.context, self.counts, self.rewards
+        plain = not names and self.drift_at is None
+        regret = 0.0
+        for round_index in range(start, stop):
+            if names:
+                x = [draw() for _ in names]
+                decision = decide(context, features=dict(zip(names, x)))
+            else:
+                x = []
+                decision = decide(context)
+            means = self.means if plain else self._round_means(round_index, x)
+            arm = decision.option_index
+            counts[arm] += 1
+            regret += max(means) - means[arm]
+            reward = 1.0 if draw() < means[arm] else 0.0
+            rewards[arm] += reward
+            feedback(decision.decision_id, reward)
+        self.gaps.append(regret)
 
 
 def _checkpoints(rounds: int, points: int) -> list[int]:
@@ -181,7 +254,7 @@ def _checkpoints(rounds: int, points: int) -> list[int]:
 
 
 def _validate(options: tuple[str, ...], true_means: tuple[float, ...], rounds: int,
-              seed: int, algorithm: str) -> None:
+              seed: int, algorithm: str, context_features: int, drift_at: int | None) -> None:
     # Options and context were checked by the engine's own rules in simulate().
     if len(true_means) != len(options):
         raise InvalidSimulation(
@@ -200,6 +273,10 @@ def _validate(options: tuple[str, ...], true_means: tuple[float, ...], rounds: i
         raise InvalidSimulation(
             f"algorithm must be one of {', '.join(sorted(ALGORITHMS))}, got {algorithm!r}"
         )
+    if not _is_int(context_features) or not 0 <= context_features <= MAX_FEATURES:
+        raise InvalidSimulation(f"context features must be an integer in 0..{MAX_FEATURES}, got {context_features!r}")
+    if drift_at is not None and (not _is_int(drift_at) or not 1 <= drift_at < rounds):
+        raise InvalidSimulation(f"drift round must be an integer in 1..{rounds - 1} (within the run), got {drift_at!r}")
 
 
 def _is_int(value: object) -> bool:

@@ -32,6 +32,7 @@ cdef class ArmTable:
     cdef int64_t* row_pulls    # sum of pulls over the row's arms
     cdef dict _rows            # context key -> row
     cdef list _keys            # row -> context key
+    cdef int64_t* epochs       # resets of each row so far: caches keyed on row_pulls check it
 
     cdef Py_ssize_t row_for(self, object key) except -1
     cdef Py_ssize_t find_row(self, object key)
@@ -40,6 +41,7 @@ cdef class ArmTable:
         return self.stats + row * self.n_arms
     cdef UpdateStatus update_c(self, Py_ssize_t row, int arm, double reward) noexcept nogil
     cdef UpdateStatus check_reward(self, double reward) noexcept nogil
+    cdef void reset_row(self, Py_ssize_t row) noexcept nogil
 
 
 cdef class Rule:
@@ -47,17 +49,47 @@ cdef class Rule:
     cdef Py_ssize_t cache_rows
     cdef int prepare(self, Py_ssize_t row) except -1
     cdef int select_c(self, Py_ssize_t row, Stream* st, double* propensity) noexcept nogil
+    cdef void distribution_c(self, Py_ssize_t row, Stream* st, double* out) noexcept nogil
 
 
-cdef class BetaThompson(Rule):
-    cdef readonly double prior_a
-    cdef readonly double prior_b
+cdef class PosteriorSampling(Rule):
+    # Thompson sampling with cached, Monte-Carlo play probabilities; subclasses give the
+    # posterior of each arm's mean.
     cdef readonly int samples
     cdef readonly double max_staleness
     cdef double* win_prob          # cache_rows x n_arms
     cdef int64_t* refreshed_at     # row pulls at the last refresh; -1 = never
+    cdef int64_t* refreshed_epoch  # the table's epoch of the row at the last refresh
     cdef void refresh(self, Py_ssize_t row, Stream* st) noexcept nogil
+    cdef void refresh_if_due(self, Py_ssize_t row, Stream* st) noexcept nogil
+    cdef void posterior(self, Py_ssize_t row, double* first, double* second) noexcept nogil
+    cdef double draw_mean(self, Stream* st, double first, double second) noexcept nogil
+    cdef Py_ssize_t cached_row(self, object key) except -2
+
+
+cdef class BetaThompson(PosteriorSampling):
+    cdef readonly double prior_a
+    cdef readonly double prior_b
+
+
+cdef class GaussianThompson(PosteriorSampling):
+    cdef readonly double prior_mean
+    cdef readonly double prior_strength
 
 
 cdef class UCB1(Rule):
     cdef readonly double exploration
+    cdef int scores(self, Py_ssize_t row, double* scores, double* best_score) noexcept nogil
+
+
+cdef class EpsilonGreedy(Rule):
+    cdef readonly double epsilon
+    cdef readonly double decay
+
+
+cdef class Greedy(EpsilonGreedy):
+    pass
+
+
+cdef class Softmax(Rule):
+    cdef readonly double temperature

@@ -39,6 +39,7 @@ cdef class Decision:
     cdef readonly object published      # its published values (a dict), or None
     cdef readonly str stdout            # what it printed, or None
     cdef readonly str result_json       # the three as the JSON that is logged, or None
+    cdef readonly object confidence     # the learning layer's confidence block (a dict), or None
 
 
 cdef class Learner:

@@ -76,6 +76,7 @@ cdef Decision _copy_decision(Decision d):
     out.published = d.published
     out.stdout = d.stdout
     out.result_json = d.result_json
+    out.confidence = d.confidence
     return out
 
 
@@ -87,6 +88,20 @@ def with_output(Decision d not None, value, dict published not None, str stdout 
     out.published = published
     out.stdout = stdout
     out.result_json = result_json
+    return out
+
+
+def with_assessment(Decision d not None, str refusal, dict confidence, value=None):
+    """``d`` as the learning layer qualified it: ``refusal`` (a reason, or None to serve
+    it), the ``confidence`` block behind that, and the action ``value`` it stands for
+    (continuous actions). A refused decision keeps its id: feedback on it is recorded
+    without training."""
+    cdef Decision out = _copy_decision(d)
+    out.refused = refusal is not None
+    out.refusal = refusal
+    out.confidence = confidence
+    if value is not None:
+        out.value = value
     return out
 
 
@@ -211,6 +226,81 @@ cdef class Learner:
         d.sequence = sequence
         d.context_key = context_key
         return d
+
+    def decide_with(self, context_key, int arm, double propensity):
+        """Record a decision that a policy outside this learner made: ``arm`` served with
+        probability ``propensity`` in ``context_key``. Returns it like :meth:`decide`."""
+        if not 0 <= arm < self.table.n_arms:
+            raise ValueError(f"arm {arm} is out of range 0..{self.table.n_arms - 1}")
+        if not 0.0 < propensity <= 1.0:
+            raise ValueError(f"propensity must be in (0, 1], got {propensity!r}")
+        cdef Py_ssize_t row = self.table.row_for(context_key)
+        cdef LedgerEntry* entry = self.append_entry()
+        cdef uint64_t sequence = self.next_sequence
+        entry.row = <int>row
+        entry.arm = <short>arm
+        entry.state = ENTRY_PENDING
+        entry.reserved = 0
+        entry.propensity = propensity
+        self.next_sequence += 1
+        self.pending += 1
+        cdef char buf[ID_LENGTH]
+        self.format_id(sequence, buf)
+        cdef Decision d = Decision.__new__(Decision)
+        d.decision_id = PyUnicode_DecodeASCII(buf, ID_LENGTH, NULL)
+        d.capsule = self.capsule
+        d.option = self.options[arm]
+        d.option_index = arm
+        d.propensity = propensity
+        d.sequence = sequence
+        d.context_key = context_key
+        return d
+
+    def replace_rule(self, Rule rule not None):
+        """Decide with ``rule`` from now on; it must read this learner's table."""
+        if rule.table is not self.table:
+            raise ValueError("the new rule must read this learner's table")
+        self.rule = rule
+
+    def settle_at(self, uint64_t sequence, double reward, bint train):
+        """Complete pending decision ``sequence`` with ``reward``, training the table only
+        if ``train`` (a frozen capsule, or a refused decision, records without learning).
+        Same statuses as :meth:`feedback`; anything but FEEDBACK_OK changes nothing."""
+        if sequence >= self.next_sequence:
+            return FEEDBACK_UNKNOWN
+        if sequence < self.base_sequence:
+            return FEEDBACK_DUPLICATE
+        cdef LedgerEntry* entry = self.entries + self.head + (sequence - self.base_sequence)
+        if entry.state == ENTRY_DONE:
+            return FEEDBACK_DUPLICATE
+        if not train:
+            status = self.table.check_reward(reward)
+            if status != 0:
+                return <FeedbackStatus><int>status
+            entry.state = ENTRY_DONE
+            self.pending -= 1
+            self.retire_done()
+            return FEEDBACK_OK
+        return self.apply_feedback(sequence, reward)
+
+    def sequence_of(self, str decision_id):
+        """The sequence of ``decision_id`` if this learner issued it (pending or not), else
+        raise ValueError saying why (malformed, or another capsule's or engine's id)."""
+        cdef uint64_t sequence
+        cdef FeedbackStatus status = self.locate(decision_id, &sequence)
+        if status == FEEDBACK_MALFORMED_ID:
+            raise ValueError("not a Syntra decision id")
+        if status != FEEDBACK_OK or sequence >= self.next_sequence:
+            raise KeyError(decision_id)
+        return sequence
+
+    def entry(self, uint64_t sequence):
+        """``(row, arm, propensity, pending)`` of decision ``sequence`` while it is in the
+        ledger window, else None (it completed, and so did every older one)."""
+        if sequence >= self.next_sequence or sequence < self.base_sequence:
+            return None
+        cdef LedgerEntry* e = self.entries + self.head + (sequence - self.base_sequence)
+        return e.row, e.arm, e.propensity, e.state == ENTRY_PENDING
 
     cdef LedgerEntry* last_pending(self, Decision d) except NULL:
         if (d is None or d.sequence + 1 != self.next_sequence or d.capsule != self.capsule

@@ -25,12 +25,13 @@ class RecordType(enum.IntEnum):
     CAPSULE_INSTALLED = 2    # JSON: uid, name, options, reward, algorithm, settings, install, seed, tag
     CAPSULE_UNINSTALLED = 3  # JSON: uid, name
     AUDIT = 4                # JSON: kind, capsule, details (events that change no learned state)
+    LEARNING = 5             # JSON: uid, action (freeze, unfreeze, update_learning), config: replayed
     DECISION = 10            # binary, see DecisionRecord
     FEEDBACK = 11            # binary, see FeedbackRecord
 
 
 AUDIT_TYPES = frozenset({RecordType.ENGINE_CREATED, RecordType.CAPSULE_INSTALLED,
-                         RecordType.CAPSULE_UNINSTALLED, RecordType.AUDIT})
+                         RecordType.CAPSULE_UNINSTALLED, RecordType.AUDIT, RecordType.LEARNING})
 
 
 def log_kind(rtype: int) -> str:
@@ -47,8 +48,12 @@ def log_kind(rtype: int) -> str:
 
 # u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 propensity, u32 propensity ppb,
 # u16 option index, u16 context key length; then the key in UTF-8; then, for a program
-# capsule, the run's output as JSON in UTF-8.
+# capsule, the run's output as JSON in UTF-8. A key is at most 1024 bytes, so the top bit
+# of its length is free: set, it says a u32 result length follows the key, then the
+# result, then the learning layer's inputs (features, metrics) as JSON to the end.
 _DECISION = struct.Struct("<IQQdIHH")
+_HAS_INPUTS = 0x8000
+_LENGTH = struct.Struct("<I")
 # u32 capsule uid, u64 decision sequence, u64 ts_ns, f64 reward; then, when the feedback
 # reported what the decision cost, i64 microcents.
 _FEEDBACK = struct.Struct("<IQQd")
@@ -67,6 +72,8 @@ class DecisionRecord:
     propensity_ppb: int | None = None
     # A program capsule's result, published values and stdout, as JSON (after the key).
     result: str | None = None
+    # What the learning layer decided from beyond the key (features, metrics), as JSON.
+    inputs: str | None = None
 
     def __post_init__(self) -> None:
         if self.propensity_ppb is None:
@@ -75,23 +82,37 @@ class DecisionRecord:
 
     def encode(self) -> bytes:
         key = self.context_key.encode()
+        flag = 0 if self.inputs is None else _HAS_INPUTS
         head = _DECISION.pack(
             self.capsule_uid, self.sequence, self.ts_ns, self.propensity,
-            self.propensity_ppb, self.option_index, len(key),
+            self.propensity_ppb, self.option_index, len(key) | flag,
         ) + key
-        return head if self.result is None else head + self.result.encode()
+        if self.inputs is None:
+            return head if self.result is None else head + self.result.encode()
+        result = b"" if self.result is None else self.result.encode()
+        return head + _LENGTH.pack(len(result)) + result + self.inputs.encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> DecisionRecord:
         try:
             (uid, sequence, ts_ns, propensity, ppb, option,
              key_length) = _DECISION.unpack_from(payload)
+            has_inputs = bool(key_length & _HAS_INPUTS)
+            key_length &= ~_HAS_INPUTS
             end = _DECISION.size + key_length
             if len(payload) < end:
                 raise ValueError(f"context key is {len(payload) - _DECISION.size} bytes, header says {key_length}")
             key = payload[_DECISION.size:end].decode()
-            result = payload[end:].decode() if len(payload) > end else None
-            return cls(uid, sequence, ts_ns, propensity, option, key, ppb, result)
+            if not has_inputs:
+                result = payload[end:].decode() if len(payload) > end else None
+                return cls(uid, sequence, ts_ns, propensity, option, key, ppb, result)
+            (result_length,) = _LENGTH.unpack_from(payload, end)
+            start = end + _LENGTH.size
+            if len(payload) < start + result_length:
+                raise ValueError(f"result is shorter than the {result_length} bytes its header says")
+            result = payload[start:start + result_length].decode() or None
+            inputs = payload[start + result_length:].decode()
+            return cls(uid, sequence, ts_ns, propensity, option, key, ppb, result, inputs)
         except (struct.error, ValueError) as exc:
             raise StorageCorrupt(f"bad decision record: {exc}") from None
 
@@ -105,23 +126,37 @@ class FeedbackRecord:
     # Microcents the decision actually cost, for a budgeted capsule's feedback that said;
     # recovery commits it if the budget journal lost its own record of it.
     cost: int | None = None
+    # How the learning layer got this reward, as JSON: {"signal": name} for one signal of
+    # several, {"default": true} for the reward a decision got when its wait ran out,
+    # {"components": {...}} for a reward combined from components.
+    detail: str | None = None
 
     def encode(self) -> bytes:
         base = _FEEDBACK.pack(self.capsule_uid, self.sequence, self.ts_ns, self.reward)
-        return base if self.cost is None else base + _COST.pack(self.cost)
+        if self.detail is None:
+            return base if self.cost is None else base + _COST.pack(self.cost)
+        # With a detail the cost is always there, -1 standing for none.
+        return base + _COST.pack(-1 if self.cost is None else self.cost) + self.detail.encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> FeedbackRecord:
         if len(payload) == _FEEDBACK.size:
             return cls(*_FEEDBACK.unpack(payload))
-        if len(payload) == _FEEDBACK.size + _COST.size:
+        if len(payload) >= _FEEDBACK.size + _COST.size:
             (cost,) = _COST.unpack_from(payload, _FEEDBACK.size)
-            if cost < 0:
+            detail = None
+            if len(payload) > _FEEDBACK.size + _COST.size:
+                try:
+                    detail = payload[_FEEDBACK.size + _COST.size:].decode()
+                except UnicodeDecodeError as exc:
+                    raise StorageCorrupt(f"bad feedback record: {exc}") from None
+                if cost == -1:
+                    cost = None
+            if cost is not None and cost < 0:
                 raise StorageCorrupt(f"bad feedback record: cost {cost} is negative")
-            return cls(*_FEEDBACK.unpack_from(payload), cost)
+            return cls(*_FEEDBACK.unpack_from(payload), cost, detail)
         raise StorageCorrupt(
-            f"bad feedback record: {len(payload)} bytes, expected {_FEEDBACK.size} or"
-            f" {_FEEDBACK.size + _COST.size}")
+            f"bad feedback record: {len(payload)} bytes, expected {_FEEDBACK.size} or more")
 
 
 def encode_json(body: dict[str, Any]) -> bytes:

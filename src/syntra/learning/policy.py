@@ -1,0 +1,541 @@
+"""A capsule's learning policy: lifecycle, candidates, meta-bandit, drift, refusal, floors.
+
+:class:`Policy` decides *which option to serve, with what probability*, and learns from
+each reward; the capsule's compiled :class:`~syntra_core.learner.Learner` keeps the ledger
+and the shared per-context statistics. Everything here is a deterministic function of the
+calls made and the capsule seed, so a replay of the log rebuilds it bit for bit.
+
+Lifecycle:
+
+* ``warmup``: options are served uniformly at random until ``warmup.feedbacks`` rewards
+  have trained the capsule. The rewards seen are then characterised as ``binary``,
+  ``sparse`` (at least 80% at the range's low end) or ``continuous``, which picks the
+  candidate the meta-bandit starts from.
+* ``active``: the meta-bandit's shares mix the candidates' option probabilities; the
+  served option's propensity is that mixture's probability, exactly.
+* ``frozen`` (an operator's action): serve from the current state, learn nothing, log
+  everything. Unfreezing resumes learning where it stopped.
+
+Drift (ADWIN, on rewards scaled to [0, 1], one detector per option because the reward of
+the capsule as a whole rises as it learns): at capsule scope a change returns the capsule
+to warmup with fresh statistics; at context scope it resets that context's statistics
+only. Every transition is returned as an event for the capsule to audit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from syntra_core.rng import RandomStream
+
+from syntra.errors import FailedPrecondition, InvalidContext
+from syntra.learning import candidates as candidate_rules
+from syntra.learning.drift import Adwin
+from syntra.learning.meta import MetaBandit
+from syntra.learning.refusal import RefusalPolicy
+from syntra.learning.regimes import RegimeMonitor
+
+WARMUP, ACTIVE, FROZEN = "warmup", "active", "frozen"
+# Context-scope drift keeps one detector per (context, option): bounded, because a
+# capsule may see unboundedly many contexts. Contexts past the bound get capsule scope only.
+MAX_CONTEXT_DETECTORS = 4096
+# Rewards at the range's low end for the warmup sample to count as sparse.
+SPARSE_SHARE = 0.8
+# An option needs this many rewards in a context before a quality floor can exclude it.
+FLOOR_MIN_PULLS = 5
+# Decisions that got their default reward after waiting, remembered so late feedback on
+# them says so (older ones are reported as plain duplicates).
+MAX_EXPIRED = 65536
+# Each candidate's stream is the capsule seed plus this times (candidate + 1), so no two
+# candidates, nor the policy's own draws (candidate -1: the seed itself), share a stream.
+_STREAM_STRIDE = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(slots=True)
+class Pending:
+    """What the policy remembers of a decision until its reward arrives."""
+
+    context_key: str
+    arm: int
+    propensity: float
+    targets: tuple[float, ...]     # each candidate's probability of the served option
+    candidate: int                 # the candidate that served; -1 in warmup
+    x: np.ndarray | None
+    prediction: float
+    refused: str | None
+    regime: str | None
+    ts_ns: int
+    meta: bool = True              # False once a budget swapped the option (propensity 1)
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def export(self, sequence: int) -> dict[str, Any]:
+        return {
+            "sequence": sequence, "context_key": self.context_key, "arm": self.arm,
+            "propensity": self.propensity, "targets": list(self.targets),
+            "candidate": self.candidate,
+            "x": None if self.x is None else self.x.tobytes(),
+            "prediction": self.prediction, "refused": self.refused, "regime": self.regime,
+            "ts_ns": self.ts_ns, "meta": self.meta, "signals": dict(self.signals),
+        }
+
+    @classmethod
+    def load(cls, entry: Mapping[str, Any]) -> tuple[int, Pending]:
+        x = None if entry["x"] is None else np.frombuffer(bytes(entry["x"]), dtype=np.float64).copy()
+        return int(entry["sequence"]), cls(
+            str(entry["context_key"]), int(entry["arm"]), float(entry["propensity"]),
+            tuple(float(t) for t in entry["targets"]), int(entry["candidate"]), x,
+            float(entry["prediction"]), entry["refused"], entry["regime"], int(entry["ts_ns"]),
+            bool(entry["meta"]), {str(k): float(v) for k, v in entry["signals"].items()})
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What :meth:`Policy.choose` decided."""
+
+    arm: int
+    propensity: float
+    refusal: str | None
+    confidence: dict[str, Any] | None
+
+
+class Policy:
+    """The learning policy of one capsule. See the module docs.
+
+    ``config`` is the full learning config (``LearningConfig.to_dict()``), ``reward`` the
+    capsule's reward spec, ``table`` the learner's shared statistics and ``encoder`` the
+    context encoder of its ``contextSpec``.
+    """
+
+    def __init__(self, config: Mapping[str, Any], options: tuple[str, ...], reward, table, seed: int,
+                 encoder, candidate_names: list[str]):
+        self.config = config
+        self.options = options
+        self.reward = reward
+        self.table = table
+        self.seed = seed
+        self.encoder = encoder
+        self.features = encoder.dim if config["contextSpec"]["kind"] == "features" else None
+        option_features = None
+        if config.get("optionFeatures"):
+            option_features = np.array([config["optionFeatures"][o] for o in options], dtype=np.float64)
+        self.candidates = [
+            candidate_rules.build(
+                name, table=table, n_arms=len(options), dim=self.features,
+                settings=config["settings"] if len(candidate_names) == 1 else {},
+                linear_config=config["linear"], option_features=option_features)
+            for name in candidate_names
+        ]
+        meta = config["meta"]
+        self.meta = MetaBandit(
+            candidate_names, method=meta["method"], estimator=meta["estimator"],
+            weight_cap=meta["weight_cap"], exploration_floor=meta["exploration_floor"],
+            learning_rate=meta["learning_rate"], seed=seed)
+        self.warmup_feedbacks = config["warmup"]["feedbacks"]
+        self.lifecycle = WARMUP if self.warmup_feedbacks > 0 else ACTIVE
+        self.trained = 0                 # rewards trained since the lifecycle last (re)started
+        self.warmup_rewards: list[float] = []
+        self.reward_kind: str | None = None
+        self.initial_candidate: str | None = None if self.lifecycle == WARMUP else candidate_names[0]
+        drift = config["drift"]
+        self.drift_enabled = drift["enabled"]
+        self.capsule_detectors = [self._detector(drift["capsule_delta"]) for _ in options] if self.drift_enabled else []
+        self.context_detectors: dict[tuple[str, int], Adwin] = {}
+        self.drift_events: list[dict[str, Any]] = []
+        self.refusal = (RefusalPolicy(config["refusal"], feature_dim=self.features)
+                        if config["refusal"]["enabled"] else None)
+        self.refusals: dict[str, int] = {}
+        regimes = config["regimes"]
+        self.regimes = RegimeMonitor(regimes) if regimes["enabled"] else None
+        self.pending: dict[int, Pending] = {}
+        self.expired: dict[int, int] = {}   # sequence -> ts_ns its default reward was applied
+        count = len(self.candidates)
+        self._probabilities = np.empty((count, len(options)))
+        self._mixture = np.empty(len(options))
+
+    def _detector(self, delta: float) -> Adwin:
+        drift = self.config["drift"]
+        return Adwin(delta=delta, clock=drift["clock"], min_window_length=drift["min_window"],
+                     grace_period=drift["grace_period"])
+
+    # --- deciding -----------------------------------------------------------------------
+
+    def encode(self, context_key: str, features: Mapping[str, Any] | None,
+               metrics: Mapping[str, Any] | None) -> tuple[str, np.ndarray | None, str | None, float | None]:
+        """Check the decision's inputs: (context key, feature vector, regime, metric)."""
+        x = None
+        if self.features is not None:
+            if features is None:
+                raise InvalidContext("this capsule decides from features: pass features={...}")
+            x = self.encoder.encode(features)
+            if not context_key:
+                context_key = self.encoder.regime_key(features)
+        elif features is not None:
+            raise InvalidContext("this capsule's contextSpec is discrete: it takes a context key, not features")
+        regime = metric = None
+        if self.regimes is not None:
+            name = self.config["regimes"]["metric"]
+            regime = context_key
+            if name is not None:
+                if metrics is None or name not in metrics:
+                    raise InvalidContext(f"metrics.{name} is missing: this capsule's regimes monitor it")
+                value = metrics[name]
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise InvalidContext(f"metrics.{name} must be a finite number, got {value!r}")
+                metric = float(value)
+            unknown = set(metrics or ()) - ({name} if name else set())
+            if unknown:
+                raise InvalidContext(f"unknown metrics {sorted(unknown)}: this capsule monitors {name!r}")
+        elif metrics:
+            raise InvalidContext("this capsule monitors no metric (regimes are off): metrics are not accepted")
+        return context_key, x, regime, metric
+
+    def choose(self, sequence: int, context_key: str, x: np.ndarray | None, regime: str | None,
+               metric: float | None, ts_ns: int) -> Choice:
+        """Choose the option for decision ``sequence``; remember it until its reward."""
+        probabilities = self._probabilities
+        for index, candidate in enumerate(self.candidates):
+            seed = (self.seed + _STREAM_STRIDE * (index + 1)) & _MASK64
+            candidate.distribution_into(context_key, x, seed, sequence, probabilities[index])
+        stream = RandomStream(self.seed, sequence)
+        candidate_index = -1
+        if self.lifecycle == WARMUP:
+            arm = int(stream.integers(len(self.options), 1)[0])
+            mixture = np.full(len(self.options), 1.0 / len(self.options))
+        else:
+            shares = self.meta.shares()
+            mixture = np.dot(shares, probabilities, out=self._mixture)
+            floor = self._quality_floor(context_key, regime, metric)
+            if floor is not None:
+                mixture = self._apply_floor(mixture, context_key, floor)
+            u = stream.random()
+            arm = _pick(mixture, u)
+            # The serving candidate is the one a two-stage draw would have used: for the
+            # report only, as the option's propensity is the mixture's.
+            candidate_index = self.meta.choose(stream.random())
+        propensity = float(mixture[arm])
+        refusal = confidence = None
+        prediction = self.candidates[max(candidate_index, 0)].predict(self.table, context_key, x, arm)
+        if self.refusal is not None:
+            key = None if x is not None else context_key
+            assessment = self.refusal.assess(prediction, x=x, key=key)
+            # Every context counts towards what is "in distribution", refused or not: else a
+            # refused context would stay unseen, and refused, for ever.
+            self.refusal.observe_context(x=x, key=key)
+            confidence = assessment.to_dict()
+            refusal = assessment.reason if assessment.refused else None
+            if refusal is not None:
+                self.refusals[refusal] = self.refusals.get(refusal, 0) + 1
+        if candidate_index >= 0 and refusal is None:
+            self.meta.served(candidate_index)
+        self.pending[sequence] = Pending(
+            context_key, arm, propensity, tuple(float(p) for p in probabilities[:, arm]), candidate_index,
+            None if x is None else x.copy(), prediction, refusal, regime, ts_ns)
+        return Choice(arm, propensity, refusal, confidence)
+
+    def _quality_floor(self, context_key: str, regime: str | None, metric: float | None) -> int | None:
+        if self.regimes is None:
+            return None
+        if metric is None:
+            return self.regimes.floor(regime)
+        return self.regimes.assess(regime, metric).floor_bps
+
+    def _apply_floor(self, mixture: np.ndarray, context_key: str, floor_bps: int) -> np.ndarray:
+        """The mixture without options whose learned quality is known to be under the floor;
+        unchanged when that would exclude every option (serving beats refusing here)."""
+        if context_key not in self.table:
+            return mixture
+        pulls = self.table.pulls(context_key)
+        sums = self.table.reward_sums(context_key)
+        low, width = self.table.reward_low, self.table.reward_high - self.table.reward_low
+        keep = np.ones(len(mixture), dtype=bool)
+        for arm in range(len(mixture)):
+            if pulls[arm] >= FLOOR_MIN_PULLS:
+                quality_bps = 10000.0 * (sums[arm] / pulls[arm] - low) / width
+                keep[arm] = quality_bps >= floor_bps
+        kept = mixture * keep
+        total = kept.sum()
+        return mixture if total <= 0 else kept / total
+
+    def substituted(self, sequence: int, arm: int) -> None:
+        """A budget served ``arm`` instead (with propensity 1): the meta-bandit skips it."""
+        entry = self.pending[sequence]
+        entry.arm = arm
+        entry.propensity = 1.0
+        entry.meta = False
+
+    def forget(self, sequence: int) -> None:
+        """Drop a decision that was refused before it was served (budget, program)."""
+        self.pending.pop(sequence, None)
+
+    # --- learning -----------------------------------------------------------------------
+
+    def signal(self, sequence: int, name: str, value: float) -> float | None:
+        """Record one named signal of a decision; the fused reward once complete, else None."""
+        entry = self.pending[sequence]
+        signals = dict(entry.signals)
+        signals[name] = value
+        fused = self.reward.fuse_signals(self.config["feedback"]["signals"], self.config["feedback"]["fusion"],
+                                         signals)
+        entry.signals = signals
+        return fused
+
+    def trains(self, sequence: int) -> bool:
+        """Whether the reward of decision ``sequence`` will train (not frozen, not refused)."""
+        entry = self.pending.get(sequence)
+        return self.lifecycle != FROZEN and (entry is None or entry.refused is None)
+
+    def learn(self, sequence: int, reward: float, trained: bool) -> list[dict[str, Any]]:
+        """Account the reward of decision ``sequence`` (the table has it if ``trained``).
+        Returns the lifecycle events it caused, for the capsule to audit."""
+        entry = self.pending.pop(sequence, None)
+        if entry is None or not trained:
+            return []
+        scaled = self.reward.normalize(reward)
+        events: list[dict[str, Any]] = []
+        for candidate in self.candidates:
+            if candidate.linear:
+                candidate.learn(entry.arm, entry.x, reward)
+        if entry.meta:
+            self.meta.observe(entry.targets, entry.propensity, scaled)
+        if self.refusal is not None:
+            self.refusal.observe(entry.prediction, reward)
+        if self.regimes is not None and entry.regime is not None:
+            self.regimes.record_outcome(entry.regime, scaled >= 0.5)
+        self.trained += 1
+        if self.lifecycle == WARMUP:
+            self.warmup_rewards.append(scaled)
+            if self.trained >= self.warmup_feedbacks:
+                events.append(self._finish_warmup())
+        if self.drift_enabled:
+            events.extend(self._watch_drift(sequence, entry, scaled))
+        return events
+
+    def _finish_warmup(self) -> dict[str, Any]:
+        rewards = self.warmup_rewards
+        if all(r in (0.0, 1.0) for r in rewards):
+            kind = "binary"
+        elif sum(r == 0.0 for r in rewards) >= SPARSE_SHARE * len(rewards):
+            kind = "sparse"
+        else:
+            kind = "continuous"
+        preferred = {"binary": ("thompson", "lints"), "sparse": ("thompson", "lints"),
+                     "continuous": ("gaussian_thompson", "linucb")}[kind]
+        names = [c.name for c in self.candidates]
+        initial = next((n for n in preferred if n in names), names[0])
+        self.meta = _with_initial(self.meta, initial, max(self.warmup_feedbacks, 1))
+        self.reward_kind, self.initial_candidate = kind, initial
+        self.lifecycle = ACTIVE
+        self.warmup_rewards = []
+        return {"event": "warmup_complete", "from": WARMUP, "to": ACTIVE, "reward_kind": kind,
+                "initial_candidate": initial, "feedbacks": self.trained}
+
+    def _watch_drift(self, sequence: int, entry: Pending, scaled: float) -> list[dict[str, Any]]:
+        arm = entry.arm
+        if self.capsule_detectors[arm].update(scaled):
+            event = {"event": "drift", "scope": "capsule", "option": self.options[arm],
+                     "sequence": sequence, "from": self.lifecycle, "to": WARMUP}
+            self._restart_after_drift()
+            self.drift_events.append(event)
+            return [event]
+        delta = self.config["drift"]["context_delta"]
+        key = (entry.context_key, arm)
+        detector = self.context_detectors.get(key)
+        if detector is None:
+            if delta is None or len(self.context_detectors) >= MAX_CONTEXT_DETECTORS:
+                return []
+            detector = self.context_detectors[key] = self._detector(delta)
+        if not detector.update(scaled):
+            return []
+        self.table.reset_context(entry.context_key)
+        for other in range(len(self.options)):
+            found = self.context_detectors.get((entry.context_key, other))
+            if found is not None:
+                found.reset()
+        event = {"event": "drift", "scope": "context", "context": entry.context_key,
+                 "option": self.options[arm], "sequence": sequence}
+        self.drift_events.append(event)
+        return [event]
+
+    def _restart_after_drift(self) -> None:
+        self.table.reset_all()
+        for candidate in self.candidates:
+            candidate.reset()
+        for detector in self.capsule_detectors:
+            detector.reset()
+        self.context_detectors.clear()
+        if self.refusal is not None:
+            self.refusal = RefusalPolicy(self.config["refusal"], feature_dim=self.features)
+        if self.warmup_feedbacks > 0:
+            self.lifecycle = WARMUP
+        self.trained = 0
+        self.warmup_rewards = []
+
+    # --- operator actions ------------------------------------------------------------------
+
+    def check_action(self, action: str) -> None:
+        """Raise :class:`~syntra.errors.FailedPrecondition` if ``action`` does not apply now."""
+        if action == "freeze" and self.lifecycle == FROZEN:
+            raise FailedPrecondition("the capsule is already frozen")
+        if action == "unfreeze" and self.lifecycle != FROZEN:
+            raise FailedPrecondition(f"the capsule is {self.lifecycle}, not frozen")
+
+    def freeze(self) -> dict[str, Any]:
+        self.check_action("freeze")
+        event = {"event": "freeze", "from": self.lifecycle, "to": FROZEN}
+        self._thawed = self.lifecycle
+        self.lifecycle = FROZEN
+        return event
+
+    def unfreeze(self) -> dict[str, Any]:
+        self.check_action("unfreeze")
+        self.lifecycle = getattr(self, "_thawed", ACTIVE)
+        return {"event": "unfreeze", "from": FROZEN, "to": self.lifecycle}
+
+    def carry_over(self, old: Policy) -> None:
+        """Take over what ``old`` (the policy this one replaces) learned and owes, wherever
+        this config still fits it: the lifecycle, the pending decisions, and each part's
+        state when its settings did not change."""
+        self.lifecycle, self.trained = old.lifecycle, old.trained
+        if hasattr(old, "_thawed"):
+            self._thawed = old._thawed
+        if self.lifecycle == WARMUP and self.warmup_feedbacks == 0:
+            self.lifecycle = ACTIVE
+        self.warmup_rewards, self.reward_kind = old.warmup_rewards, old.reward_kind
+        self.initial_candidate = old.initial_candidate
+        self.expired, self.drift_events, self.refusals = old.expired, old.drift_events, old.refusals
+        same_candidates = [c.name for c in self.candidates] == [c.name for c in old.candidates]
+        for entry in old.pending.values():
+            if not same_candidates:   # its targets are the old candidates' probabilities
+                entry.meta = False
+        self.pending = old.pending
+        config, previous = self.config, old.config
+        if same_candidates and config["meta"] == previous["meta"]:
+            self.meta = old.meta
+        if same_candidates and config["linear"] == previous["linear"] and config["settings"] == previous["settings"]:
+            for mine, theirs in zip(self.candidates, old.candidates):
+                mine.import_state(theirs.export_state())
+        if config["drift"] == previous["drift"]:
+            self.capsule_detectors, self.context_detectors = old.capsule_detectors, old.context_detectors
+        if config["refusal"] == previous["refusal"] and old.refusal is not None:
+            self.refusal = old.refusal
+        if config["regimes"] == previous["regimes"] and old.regimes is not None:
+            self.regimes = old.regimes
+
+    # --- waiting for rewards -------------------------------------------------------------
+
+    def overdue(self, now_ns: int) -> list[int]:
+        """Pending decisions whose reward wait has run out, oldest first."""
+        wait = self.config["feedback"]["reward_wait_seconds"]
+        if wait is None:
+            return []
+        limit = now_ns - int(wait * 1e9)
+        return sorted(seq for seq, entry in self.pending.items() if entry.ts_ns <= limit)
+
+    def expire(self, sequence: int, ts_ns: int) -> None:
+        self.expired[sequence] = ts_ns
+        while len(self.expired) > MAX_EXPIRED:
+            del self.expired[next(iter(self.expired))]
+
+    # --- reporting and state ---------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        out = {
+            "lifecycle": self.lifecycle,
+            "reward_kind": self.reward_kind,
+            "initial_candidate": self.initial_candidate,
+            "feedbacks_since_start": self.trained,
+            "candidates": self.meta.report(),
+            "drift_events": list(self.drift_events),
+            "refusals": dict(sorted(self.refusals.items())),
+        }
+        if self.lifecycle == WARMUP:
+            out["warmup_remaining"] = max(self.warmup_feedbacks - self.trained, 0)
+        if self.regimes is not None:
+            out["regimes"] = self.regimes.report()
+        return out
+
+    def export_state(self) -> dict[str, Any]:
+        return {
+            "lifecycle": self.lifecycle,
+            "thawed": getattr(self, "_thawed", None),
+            "trained": self.trained,
+            "warmup_rewards": list(self.warmup_rewards),
+            "reward_kind": self.reward_kind,
+            "initial_candidate": self.initial_candidate,
+            "meta": self.meta.export_state(),
+            "meta_initial": [self.meta.initial, self.meta.prior_trials],
+            "candidates": [c.export_state() for c in self.candidates],
+            "capsule_detectors": [d.export_state() for d in self.capsule_detectors],
+            "context_detectors": [[k, a, d.export_state()] for (k, a), d in self.context_detectors.items()],
+            "drift_events": list(self.drift_events),
+            "refusal": None if self.refusal is None else self.refusal.export_state(),
+            "refusals": dict(sorted(self.refusals.items())),
+            "regimes": None if self.regimes is None else self.regimes.export_state(),
+            "pending": [entry.export(seq) for seq, entry in sorted(self.pending.items())],
+            "expired": [[seq, ts] for seq, ts in self.expired.items()],
+        }
+
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Load :meth:`export_state` output into this fresh policy."""
+        self.lifecycle = state["lifecycle"]
+        if state["thawed"] is not None:
+            self._thawed = state["thawed"]
+        self.trained = int(state["trained"])
+        self.warmup_rewards = [float(r) for r in state["warmup_rewards"]]
+        self.reward_kind = state["reward_kind"]
+        self.initial_candidate = state["initial_candidate"]
+        initial, prior = state["meta_initial"]
+        if initial is not None:
+            self.meta = _with_initial(self.meta, initial, prior)
+        self.meta.import_state(state["meta"])
+        if len(state["candidates"]) != len(self.candidates):
+            raise ValueError("policy state has a different number of candidates")
+        for candidate, entry in zip(self.candidates, state["candidates"]):
+            candidate.import_state(entry)
+        if len(state["capsule_detectors"]) != len(self.capsule_detectors):
+            raise ValueError("policy state has a different number of drift detectors")
+        for detector, entry in zip(self.capsule_detectors, state["capsule_detectors"]):
+            detector.import_state(entry)
+        delta = self.config["drift"]["context_delta"]
+        for key, arm, entry in state["context_detectors"]:
+            detector = self._detector(delta)
+            detector.import_state(entry)
+            self.context_detectors[(key, int(arm))] = detector
+        self.drift_events = list(state["drift_events"])
+        if self.refusal is not None and state["refusal"] is not None:
+            self.refusal.import_state(state["refusal"])
+        self.refusals = dict(state["refusals"])
+        if self.regimes is not None and state["regimes"] is not None:
+            self.regimes.import_state(state["regimes"])
+        self.pending = dict(Pending.load(entry) for entry in state["pending"])
+        self.expired = {int(seq): int(ts) for seq, ts in state["expired"]}
+
+
+def _pick(probabilities: np.ndarray, u: float) -> int:
+    """The option ``u`` (uniform in [0, 1)) falls on; rounding never lands it on an option
+    of probability 0 (one a quality floor excluded)."""
+    cumulative = 0.0
+    chosen = -1
+    for index, p in enumerate(probabilities):
+        if p > 0.0:
+            chosen = index
+            cumulative += p
+            if u < cumulative:
+                return index
+    return chosen
+
+
+def _with_initial(meta: MetaBandit, initial: str, prior_trials: int) -> MetaBandit:
+    """``meta`` with ``initial`` given its head start; the evidence so far is kept."""
+    fresh = MetaBandit(meta.names, method=meta.method, estimator=meta.estimator,
+                       weight_cap=meta.weight_cap, exploration_floor=meta.exploration_floor,
+                       learning_rate=meta.learning_rate, initial=initial,
+                       prior_trials=prior_trials, seed=meta.seed)
+    fresh.import_state(meta.export_state())
+    return fresh
