@@ -27,7 +27,7 @@ DOCUMENTED_DEFAULTS = {
     "settings": {},
     "candidates": None,
     "meta": {"method": "exp3ix", "estimator": "snips", "weight_cap": 20.0, "exploration_floor": 0.05,
-             "learning_rate": None, "prior_trials": 0},
+             "learning_rate": None, "prior_trials": 200},
     "warmup": {"feedbacks": 30},
     "contextSpec": {"kind": "discrete", "key": None},
     "optionFeatures": None,
@@ -475,12 +475,12 @@ def test_any_valid_partial_config_round_trips_and_keeps_what_was_given(config):
 
 
 @pytest.mark.parametrize("reward, context, expected", [
-    ("bernoulli", "discrete", ["thompson", "ucb1", "epsilon_greedy", "softmax"]),
-    ("continuous", "discrete", ["gaussian_thompson", "ucb1", "epsilon_greedy", "softmax"]),
-    ("sparse", "discrete", ["thompson", "ucb1", "epsilon_greedy"]),
-    ("bernoulli", "features", ["linucb", "lints", "thompson"]),
-    ("continuous", "features", ["linucb", "lints", "gaussian_thompson"]),
-    ("sparse", "features", ["linucb", "lints", "thompson"]),
+    ("bernoulli", "discrete", ["thompson", "greedy", "epsilon_greedy"]),
+    ("continuous", "discrete", ["gaussian_thompson", "greedy", "epsilon_greedy"]),
+    ("sparse", "discrete", ["thompson", "greedy", "epsilon_greedy"]),
+    ("bernoulli", "features", ["linucb", "lints"]),
+    ("continuous", "features", ["linucb", "lints"]),
+    ("sparse", "features", ["linucb", "lints"]),
 ])
 def test_default_candidates(reward, context, expected):
     assert LearningConfig.default_candidates(reward, context) == expected

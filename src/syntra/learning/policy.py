@@ -35,6 +35,8 @@ from syntra_core.rng import RandomStream
 
 from syntra.errors import FailedPrecondition, InvalidContext
 from syntra.learning import candidates as candidate_rules
+from syntra.learning.config import LearningConfig
+from syntra.learning.hierarchy import Hierarchy
 from syntra.learning.drift import Adwin
 from syntra.learning.meta import MetaBandit
 from syntra.learning.refusal import RefusalPolicy
@@ -152,6 +154,9 @@ class Policy:
         self.refusals: dict[str, int] = {}
         regimes = config["regimes"]
         self.regimes = RegimeMonitor(regimes) if regimes["enabled"] else None
+        actions = LearningConfig.parse(config).actions
+        self.hierarchy = (Hierarchy(actions, reward_low=table.reward_low, reward_high=table.reward_high, seed=seed)
+                          if actions.kind == "hierarchical" else None)
         self.pending: dict[int, Pending] = {}
         self.expired: dict[int, int] = {}   # sequence -> ts_ns its default reward was applied
         count = len(self.candidates)
@@ -207,6 +212,10 @@ class Policy:
         if self.lifecycle == WARMUP:
             arm = int(stream.integers(len(self.options), 1)[0])
             mixture = np.full(len(self.options), 1.0 / len(self.options))
+        elif self.hierarchy is not None:
+            arm, level_propensity = self.hierarchy.choose(context_key, sequence)
+            mixture = np.zeros(len(self.options))
+            mixture[arm] = level_propensity
         else:
             shares = self.meta.shares()
             mixture = np.dot(shares, probabilities, out=self._mixture)
@@ -235,7 +244,9 @@ class Policy:
             self.meta.served(candidate_index)
         self.pending[sequence] = Pending(
             context_key, arm, propensity, tuple(float(p) for p in probabilities[:, arm]), candidate_index,
-            None if x is None else x.copy(), prediction, refusal, regime, ts_ns)
+            None if x is None else x.copy(), prediction, refusal, regime, ts_ns,
+            # The levels chose, not the candidates' mixture: nothing to weigh them by.
+            meta=self.hierarchy is None or self.lifecycle == WARMUP)
         return Choice(arm, propensity, refusal, confidence)
 
     def _quality_floor(self, context_key: str, regime: str | None, metric: float | None) -> int | None:
@@ -301,6 +312,8 @@ class Policy:
         for candidate in self.candidates:
             if candidate.linear:
                 candidate.learn(entry.arm, entry.x, reward)
+        if self.hierarchy is not None:
+            self.hierarchy.learn(entry.context_key, entry.arm, reward)
         if entry.meta:
             self.meta.observe(entry.targets, entry.propensity, scaled)
         if self.refusal is not None:
@@ -324,11 +337,14 @@ class Policy:
             kind = "sparse"
         else:
             kind = "continuous"
-        preferred = {"binary": ("thompson", "lints"), "sparse": ("thompson", "lints"),
-                     "continuous": ("gaussian_thompson", "linucb")}[kind]
+        if self.features is not None:   # the linear rules use the features; the others cannot
+            preferred = ("linucb", "lints")
+        else:
+            preferred = {"binary": ("thompson",), "sparse": ("thompson",), "continuous": ("gaussian_thompson",)}[kind]
         names = [c.name for c in self.candidates]
         initial = next((n for n in preferred if n in names), names[0])
-        self.meta = _with_initial(self.meta, initial, max(self.warmup_feedbacks, 1))
+        head_start = self.config["meta"]["prior_trials"] or max(self.warmup_feedbacks, 1)
+        self.meta = _with_initial(self.meta, initial, head_start)
         self.reward_kind, self.initial_candidate = kind, initial
         self.lifecycle = ACTIVE
         self.warmup_rewards = []
@@ -364,6 +380,8 @@ class Policy:
 
     def _restart_after_drift(self) -> None:
         self.table.reset_all()
+        if self.hierarchy is not None:
+            self.hierarchy.reset()
         for candidate in self.candidates:
             candidate.reset()
         for detector in self.capsule_detectors:
@@ -426,6 +444,7 @@ class Policy:
             self.refusal = old.refusal
         if config["regimes"] == previous["regimes"] and old.regimes is not None:
             self.regimes = old.regimes
+        self.hierarchy = old.hierarchy   # actions cannot change: the levels are the same
 
     # --- waiting for rewards -------------------------------------------------------------
 
@@ -458,6 +477,8 @@ class Policy:
             out["warmup_remaining"] = max(self.warmup_feedbacks - self.trained, 0)
         if self.regimes is not None:
             out["regimes"] = self.regimes.report()
+        if self.hierarchy is not None:
+            out["levels"] = self.hierarchy.report()
         return out
 
     def export_state(self) -> dict[str, Any]:
@@ -477,6 +498,7 @@ class Policy:
             "refusal": None if self.refusal is None else self.refusal.export_state(),
             "refusals": dict(sorted(self.refusals.items())),
             "regimes": None if self.regimes is None else self.regimes.export_state(),
+            "hierarchy": None if self.hierarchy is None else self.hierarchy.export_state(),
             "pending": [entry.export(seq) for seq, entry in sorted(self.pending.items())],
             "expired": [[seq, ts] for seq, ts in self.expired.items()],
         }
@@ -513,6 +535,8 @@ class Policy:
         self.refusals = dict(state["refusals"])
         if self.regimes is not None and state["regimes"] is not None:
             self.regimes.import_state(state["regimes"])
+        if self.hierarchy is not None:
+            self.hierarchy.import_state(state["hierarchy"])
         self.pending = dict(Pending.load(entry) for entry in state["pending"])
         self.expired = {int(seq): int(ts) for seq, ts in state["expired"]}
 
