@@ -103,7 +103,7 @@ def test_open_mappings_replace_the_default_and_domain_floors_add():
 def test_tagged_unions_merge_over_their_kind():
     features = LearningConfig.parse({"contextSpec": FEATURES}).to_dict()["contextSpec"]
     assert features == {"kind": "features", "bias": True,
-                        "features": {"load": {"type": "continuous", "range": [0.0, 1.0], "clip": True}}}
+                        "features": [{"name": "load", "type": "continuous", "range": [0.0, 1.0], "clip": True}]}
     assert LearningConfig.parse({"contextSpec": {"key": "user.tier"}}).context_spec.key == "user.tier"
     actions = LearningConfig.parse({"actions": {"kind": "continuous", "range": [0, 10]}}).to_dict()["actions"]
     assert actions == {"kind": "continuous", "range": [0.0, 10.0], "buckets": 16}
@@ -407,13 +407,19 @@ def test_round_trip(config):
     assert json.loads(json.dumps(parsed.to_dict(), allow_nan=False)) == parsed.to_dict()
 
 
-def test_round_trip_of_authors_list_form_gives_the_object_form():
+def test_both_forms_give_the_list_form_which_keeps_the_column_order():
     listed = LearningConfig.parse({"contextSpec": {"kind": "features", "features": [
         {"name": "hour", "type": "cyclic", "period": 24}, {"name": "vip", "type": "boolean"}]}})
     named = LearningConfig.parse({"contextSpec": {"kind": "features", "features": {
         "hour": {"type": "cyclic", "period": 24}, "vip": {"type": "boolean"}}}})
     assert listed == named
-    assert list(listed.to_dict()["contextSpec"]["features"]) == ["hour", "vip"]
+    assert [f["name"] for f in listed.to_dict()["contextSpec"]["features"]] == ["hour", "vip"]
+    # Stored configs are JSON with sorted keys: the list keeps "vip" before "hour" where an
+    # object would not.
+    reverse = LearningConfig.parse({"contextSpec": {"kind": "features", "features": {
+        "vip": {"type": "boolean"}, "hour": {"type": "cyclic", "period": 24}}}})
+    stored = json.loads(json.dumps(reverse.to_dict(), sort_keys=True))
+    assert LearningConfig.parse(stored).context_encoder().columns == reverse.context_encoder().columns
 
 
 def test_configs_are_immutable_and_independent_of_their_inputs():

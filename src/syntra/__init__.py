@@ -17,6 +17,8 @@ from syntra.engine import Engine
 from syntra.errors import (
     CapsuleExists,
     DuplicateFeedback,
+    FailedPrecondition,
+    FeedbackExpired,
     InvalidConfig,
     InvalidContext,
     InvalidName,
@@ -25,6 +27,7 @@ from syntra.errors import (
     UnknownCapsule,
     UnknownDecision,
 )
+from syntra.learning.config import LearningConfig
 from syntra.names import CapsuleName
 
 __version__ = "0.1.0"
@@ -36,10 +39,13 @@ __all__ = [
     "Decision",
     "DuplicateFeedback",
     "Engine",
+    "FailedPrecondition",
+    "FeedbackExpired",
     "InvalidConfig",
     "InvalidContext",
     "InvalidName",
     "InvalidReward",
+    "LearningConfig",
     "RewardSpec",
     "SyntraError",
     "UnknownCapsule",

@@ -176,6 +176,27 @@ def _check_reward(reward: object) -> float:
 
 
 
+# learning.json's sections whose fields a partial update merges one by one.
+_SECTIONS = ("meta", "warmup", "linear", "drift", "refusal", "regimes", "feedback", "learning")
+
+
+def _merged(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """``update`` (a partial learning config) over ``current`` (a full one)."""
+    merged = dict(current)
+    for key, value in update.items():
+        if key in _SECTIONS and isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
+            merged[key] = {**current[key], **value}
+        else:
+            merged[key] = value
+    if "algorithm" in update and "settings" not in update and update["algorithm"] != current["algorithm"]:
+        merged["settings"] = {}
+    if "learning" in update and "meta" not in update:
+        # The legacy block sets the meta floor only when the floor is not given: it is, now.
+        merged["meta"] = {**merged["meta"], "exploration_floor": merged["learning"].get(
+            "min_exploration", merged["meta"]["exploration_floor"])}
+    return merged
+
+
 def learning_of(config: Mapping[str, Any]) -> dict[str, Any]:
     """The full learning config of capsule ``config``.
 
@@ -233,11 +254,12 @@ class Learned:
     reward applied, how it came about (``detail``), the lifecycle events it caused and the
     budget claim to finish once it is durable."""
 
-    __slots__ = ("sequence", "reward", "detail", "events", "claim", "cost")
+    __slots__ = ("sequence", "reward", "detail", "events", "claim", "cost", "ts_ns")
 
-    def __init__(self, sequence, reward, detail, events, claim, cost):
+    def __init__(self, sequence, reward, detail, events, claim, cost, ts_ns=None):
         self.sequence, self.reward, self.detail = sequence, reward, detail
         self.events, self.claim, self.cost = events, claim, cost
+        self.ts_ns = ts_ns   # when it was applied, if that is part of the state (expiry)
 
 
 class Capsule:
@@ -534,6 +556,7 @@ class Capsule:
     def _expire(self, sequence: int, now_ns: int) -> Learned:
         learned = self._apply(sequence, float(self.learning["feedback"]["default_reward"]), None, {"default": True})
         self._policy.expire(sequence, now_ns)
+        learned.ts_ns = now_ns   # logged, so replay records the same expiry time
         return learned
 
     def _finish_expiry(self, learned: Learned) -> None:
@@ -559,8 +582,12 @@ class Capsule:
             self._change("unfreeze", None)
 
     def update_learning(self, learning: Mapping[str, Any]) -> None:
-        """Replace the learning config (a partial one merges with the defaults), atomically:
-        what was learned is kept wherever the new config still fits it. Audited.
+        """Replace the learning config atomically, keeping what was learned wherever the
+        new config still fits it. Audited.
+
+        A partial config changes what it names: each section it gives (``meta``,
+        ``drift``, ...) merges over the current one, field by field, and every other field
+        keeps its current value (``settings`` start afresh when ``algorithm`` changes).
 
         ``contextSpec``, ``actions`` and ``optionFeatures`` shape what has been learned and
         cannot change; install a new capsule for that.
@@ -572,7 +599,7 @@ class Capsule:
     def _checked_learning(self, learning: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(learning, Mapping):
             raise InvalidConfig(f"learning config must be a mapping, got {type(learning).__name__}")
-        parsed = LearningConfig.parse(learning)
+        parsed = LearningConfig.parse(_merged(self.learning, learning))
         parsed.check_options(self.options)
         config = parsed.to_dict()
         for fixed in ("contextSpec", "actions", "optionFeatures"):
@@ -604,8 +631,11 @@ class Capsule:
         first = policy.candidates[0]
         self._learner.replace_rule(first.rule if not first.linear else Rule(old.table))
         self._policy = policy
-        self._direct = _direct(config, names) and not old.pending
+        self._direct = _direct(config, names)
         self.learning = config
+        # The config checkpoints rebuild the capsule from (shared with the engine's record
+        # of it): it must say what runs now.
+        self.config["learning"] = config
         return {"event": "update_learning", "learning": config}
 
     # --- replay -------------------------------------------------------------------------------
@@ -743,8 +773,9 @@ class DurableCapsule(Capsule):
     def _log_learned(self, learned: Learned):
         """Submit the feedback record and the audit events of ``learned``; the last ticket."""
         detail = None if learned.detail is None else encode_json(learned.detail).decode()
+        ts_ns = learned.ts_ns if learned.ts_ns is not None else time.time_ns()
         ticket = self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
-            self.uid, learned.sequence, time.time_ns(), learned.reward, learned.cost, detail,
+            self.uid, learned.sequence, ts_ns, learned.reward, learned.cost, detail,
         ).encode())
         for event in learned.events:
             ticket = self._store.submit(RecordType.AUDIT, encode_json(

@@ -220,7 +220,10 @@ class ContextSpec:
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "discrete":
             return {"kind": "discrete", "key": self.key}
-        return {"kind": "features", "features": {f.name: f.to_dict() for f in self.features}, "bias": self.bias}
+        # A list, not an object: the column order is the features' order, and stored configs
+        # are JSON with sorted keys, which would reorder an object's.
+        return {"kind": "features", "features": [{"name": f.name, **f.to_dict()} for f in self.features],
+                "bias": self.bias}
 
 
 def _parse_features(prefix: str, path: str, features: object) -> tuple[FeatureSpec, ...]:

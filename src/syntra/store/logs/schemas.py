@@ -113,6 +113,7 @@ _AUDIT_KINDS = {
     RecordType.ENGINE_CREATED: "engine_created",
     RecordType.CAPSULE_INSTALLED: "capsule_installed",
     RecordType.CAPSULE_UNINSTALLED: "capsule_uninstalled",
+    RecordType.LEARNING: "learning",
 }
 
 Resolve = Callable[[int], dict[str, Any]]
@@ -237,7 +238,7 @@ class _Converter:
                 config = install_config(record.payload)
                 self._installed[config["uid"]] = config
                 name = CapsuleName.parse(config["name"])
-            elif record.rtype == RecordType.CAPSULE_UNINSTALLED:
+            elif record.rtype in (RecordType.CAPSULE_UNINSTALLED, RecordType.LEARNING):
                 name = CapsuleName.parse(body["name"])
             elif record.rtype == RecordType.AUDIT and body.get("capsule") is not None:
                 name = CapsuleName.parse(body["capsule"])
