@@ -488,3 +488,27 @@ def test_install_checks_the_learning_config_by_field():
         install({"algorithm": "linucb"})
     with pytest.raises(InvalidConfig, match="optionFeatures"):
         install({**FEATURES, "optionFeatures": {"zzz": [1.0]}})
+
+
+def test_the_regime_floor_feeds_the_budget_kernels_quality_gate():
+    engine = Engine.memory(seed=5)
+    engine.budget.open_account("llm", 1_000_000)
+    costs = {"small": 1_000, "medium": 4_000, "large": 9_000}
+    cap = engine.install(NAME, options=list(costs), reward={"type": "continuous", "range": [0, 1]},
+                         budget={"account": "llm", "costs": costs},
+                         learning={"algorithm": "thompson", "warmup": {"feedbacks": 0}, "drift": {"enabled": False},
+                                   "regimes": {"enabled": True, "metric": "latency_ms", "domain": "support",
+                                               "step_bps": 1, "anomaly_raise_bps": 3000}})
+    quality = {"small": 0.6, "medium": 0.3, "large": 0.95}
+    world = random.Random(0)
+    for _ in range(300):
+        d = cap.decide("k", metrics={"latency_ms": 100.0 + world.random()})
+        cap.feedback(d.decision_id, quality[d.option], cost=0)
+    # Leave funds for the small option only: the rule's choice (large) must be swapped.
+    engine.budget.reserve("llm", engine.budget.available("llm") - 2_000, 3600)
+    normal = cap.decide("k", metrics={"latency_ms": 100.5})
+    assert normal.option == "small" and normal.substituted_for == "large"   # 6000 bps clears ~5500
+    cap.feedback(normal.decision_id, 0.6, cost=0)
+    anomalous = cap.decide("k", metrics={"latency_ms": 5000.0})
+    # The floor is now ~8500 bps: small (6000) may not substitute, and nothing else fits.
+    assert anomalous.refused and anomalous.refusal.startswith("budget")

@@ -372,9 +372,11 @@ class Capsule:
             return d, None, None
         reward = self.reward
         try:
+            floor = None if self._direct else self._policy.floor_bps
             d, ticket = self._budget.hold(
                 self._learner, d,
-                lambda: learned_quality_bps(self._learner.table, d.context_key, reward.low, reward.high))
+                lambda: learned_quality_bps(self._learner.table, d.context_key, reward.low, reward.high),
+                floor or 0)
         except Exception as error:
             self._budget.refusals += 1
             self._policy.forget(d.sequence)

@@ -59,6 +59,9 @@ cdef class Learner:
     cdef uint64_t base_sequence
 
     cdef LedgerEntry* append_entry(self) except NULL
+    cdef Decision record(self, LedgerEntry* entry, Py_ssize_t row, int arm, double propensity,
+                         object context_key)
+    cdef void complete(self, LedgerEntry* entry) noexcept nogil
     cdef LedgerEntry* last_pending(self, Decision d) except NULL
     cdef void retire_done(self) noexcept nogil
     cdef void format_id(self, uint64_t sequence, char* out) noexcept nogil

@@ -202,30 +202,11 @@ cdef class Learner:
         cdef Py_ssize_t row = self.table.row_for(context_key)
         self.rule.prepare(row)
         cdef LedgerEntry* entry = self.append_entry()
-        cdef uint64_t sequence = self.next_sequence
         cdef Stream st
         cdef double propensity
-        stream_init(&st, self.seed, sequence)
+        stream_init(&st, self.seed, self.next_sequence)
         cdef int arm = self.rule.select_c(row, &st, &propensity)
-        entry.row = <int>row
-        entry.arm = <short>arm
-        entry.state = ENTRY_PENDING
-        entry.reserved = 0
-        entry.propensity = propensity
-        self.next_sequence += 1
-        self.pending += 1
-
-        cdef char buf[ID_LENGTH]
-        self.format_id(sequence, buf)
-        cdef Decision d = Decision.__new__(Decision)
-        d.decision_id = PyUnicode_DecodeASCII(buf, ID_LENGTH, NULL)
-        d.capsule = self.capsule
-        d.option = self.options[arm]
-        d.option_index = arm
-        d.propensity = propensity
-        d.sequence = sequence
-        d.context_key = context_key
-        return d
+        return self.record(entry, row, arm, propensity, context_key)
 
     def decide_with(self, context_key, int arm, double propensity):
         """Record a decision that a policy outside this learner made: ``arm`` served with
@@ -235,7 +216,11 @@ cdef class Learner:
         if not 0.0 < propensity <= 1.0:
             raise ValueError(f"propensity must be in (0, 1], got {propensity!r}")
         cdef Py_ssize_t row = self.table.row_for(context_key)
-        cdef LedgerEntry* entry = self.append_entry()
+        return self.record(self.append_entry(), row, arm, propensity, context_key)
+
+    cdef Decision record(self, LedgerEntry* entry, Py_ssize_t row, int arm, double propensity,
+                         object context_key):
+        """Fill ``entry`` (the next ledger slot) as pending and return its decision."""
         cdef uint64_t sequence = self.next_sequence
         entry.row = <int>row
         entry.arm = <short>arm
@@ -266,6 +251,8 @@ cdef class Learner:
         """Complete pending decision ``sequence`` with ``reward``, training the table only
         if ``train`` (a frozen capsule, or a refused decision, records without learning).
         Same statuses as :meth:`feedback`; anything but FEEDBACK_OK changes nothing."""
+        if train:
+            return self.apply_feedback(sequence, reward)
         if sequence >= self.next_sequence:
             return FEEDBACK_UNKNOWN
         if sequence < self.base_sequence:
@@ -273,15 +260,11 @@ cdef class Learner:
         cdef LedgerEntry* entry = self.entries + self.head + (sequence - self.base_sequence)
         if entry.state == ENTRY_DONE:
             return FEEDBACK_DUPLICATE
-        if not train:
-            status = self.table.check_reward(reward)
-            if status != 0:
-                return <FeedbackStatus><int>status
-            entry.state = ENTRY_DONE
-            self.pending -= 1
-            self.retire_done()
-            return FEEDBACK_OK
-        return self.apply_feedback(sequence, reward)
+        cdef UpdateStatus status = self.table.check_reward(reward)
+        if status != 0:
+            return <FeedbackStatus><int>status
+        self.complete(entry)
+        return FEEDBACK_OK
 
     def sequence_of(self, str decision_id):
         """The sequence of ``decision_id`` if this learner issued it (pending or not), else
@@ -342,9 +325,7 @@ cdef class Learner:
         """Turn ``d`` (the latest decision, pending) into a refusal: nothing is served, it
         takes no feedback and trains nothing. Returns the refused decision."""
         cdef LedgerEntry* entry = self.last_pending(d)
-        entry.state = ENTRY_DONE
-        self.pending -= 1
-        self.retire_done()
+        self.complete(entry)
         cdef Decision out = _copy_decision(d)
         out.decision_id = None
         out.option = None
@@ -435,10 +416,13 @@ cdef class Learner:
         cdef UpdateStatus status = self.table.update_c(entry.row, entry.arm, reward)
         if status != 0:
             return <FeedbackStatus><int>status
+        self.complete(entry)
+        return FEEDBACK_OK
+
+    cdef void complete(self, LedgerEntry* entry) noexcept nogil:
         entry.state = ENTRY_DONE
         self.pending -= 1
         self.retire_done()
-        return FEEDBACK_OK
 
     cdef void retire_done(self) noexcept nogil:
         # Retire the completed prefix so the window starts at the oldest pending decision.

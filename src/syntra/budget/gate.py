@@ -120,11 +120,12 @@ class CapsuleBudget:
         self.refusals = 0
         self.substitutions = 0
 
-    def hold(self, learner, d, qualities):
+    def hold(self, learner, d, qualities, minimum_quality_bps: int = 0):
         """Hold the cost of decision ``d`` (substituting or refusing when it does not fit).
 
         ``qualities`` is a callable giving each option's learned quality in basis points for
-        ``d``'s context. Returns (decision, ticket): the ticket (None without a journal)
+        ``d``'s context; a substitute must reach ``minimum_quality_bps`` (the quality floor
+        of the request's regime, fed to the kernel's quality gate). Returns (decision, ticket): the ticket (None without a journal)
         must be waited on before the decision is acknowledged. Errors other than a refusal
         (the journal failed) propagate, and the caller must refuse ``d``.
         """
@@ -146,7 +147,7 @@ class CapsuleBudget:
                     swept = True
                     if self.budget.expire_due():
                         continue
-                arm = self._substitute(d, arm, qualities())
+                arm = self._substitute(d, arm, qualities(), minimum_quality_bps)
                 if arm is None:
                     break
                 continue
@@ -161,7 +162,7 @@ class CapsuleBudget:
             d = learner.substitute_last(d, arm)
         return with_cost(d, cost) if cost else d
 
-    def _substitute(self, d, refused_arm: int, qualities: list[int]) -> int | None:
+    def _substitute(self, d, refused_arm: int, qualities: list[int], minimum_quality_bps: int) -> int | None:
         """The kernel's pick among the options that fit what the account has left (and are
         worth their cost: an option whose utility is not positive is not served)."""
         available = self.budget.available(self.spec.account)
@@ -175,7 +176,7 @@ class CapsuleBudget:
         request = Request(
             sequence=d.sequence, requested_option=refused_arm, input_units=1_000_000, output_units=0,
             business_value_microcents=self.spec.value_microcents, budget_limit_microcents=available,
-            risk_bps=0, confidence_bps=BPS, minimum_quality_bps=0, max_p95_latency_ms=0,
+            risk_bps=0, confidence_bps=BPS, minimum_quality_bps=minimum_quality_bps, max_p95_latency_ms=0,
         )
         verdict = prescribe(policy, request)
         return None if verdict.action == "reject" else verdict.winner_id

@@ -159,6 +159,7 @@ class Policy:
                           if actions.kind == "hierarchical" else None)
         self.pending: dict[int, Pending] = {}
         self.expired: dict[int, int] = {}   # sequence -> ts_ns its default reward was applied
+        self.floor_bps: int | None = None
         count = len(self.candidates)
         self._probabilities = np.empty((count, len(options)))
         self._mixture = np.empty(len(options))
@@ -203,6 +204,7 @@ class Policy:
     def choose(self, sequence: int, context_key: str, x: np.ndarray | None, regime: str | None,
                metric: float | None, ts_ns: int) -> Choice:
         """Choose the option for decision ``sequence``; remember it until its reward."""
+        self.floor_bps = None   # the regime's quality floor for this decision, once known
         probabilities = self._probabilities
         for index, candidate in enumerate(self.candidates):
             seed = (self.seed + _STREAM_STRIDE * (index + 1)) & _MASK64
@@ -219,7 +221,7 @@ class Policy:
         else:
             shares = self.meta.shares()
             mixture = np.dot(shares, probabilities, out=self._mixture)
-            floor = self._quality_floor(context_key, regime, metric)
+            floor = self.floor_bps = self._quality_floor(context_key, regime, metric)
             if floor is not None:
                 mixture = self._apply_floor(mixture, context_key, floor)
             u = stream.random()
