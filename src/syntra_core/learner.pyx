@@ -123,8 +123,11 @@ cdef class Decision:
     """
 
     def __repr__(self):
-        if self.refused:
+        if self.refused and self.decision_id is None:
             return f"Decision(refused={self.refusal!r}, context_key={self.context_key!r})"
+        if self.refused:   # the learning layer's refusal: it keeps its id for the outcome
+            return (f"Decision(decision_id={self.decision_id!r}, refused={self.refusal!r},"
+                    f" suggested={self.option!r}, context_key={self.context_key!r})")
         extra = f", substituted_for={self.substituted_for!r}" if self.substituted_for else ""
         extra += f", cost={self.cost}" if self.cost else ""
         return (
