@@ -40,6 +40,8 @@ COMPARISONS = [
      " every call)", "lycan_capsule_decide", "lycan_plain_run"),
     ("LinUCB 10-feature 5-arm round: Cython select+update from Python vs numpy Sherman-Morrison",
      "linucb_round", "numpy_linucb_round"),
+    (("5-arm Bernoulli round: auto capsule (3 candidates, meta-bandit, drift) cap.decide+feedback"
+      " vs River ThompsonSampling pull+update"), "learning_auto_round", "learning_river_round"),
 ] + [
     (f"kernel, {n} options: prescribe_batch vs the plain-Python reference",
      f"kernel_{n}_options", f"reference_{n}_options")

@@ -99,6 +99,12 @@ class Adwin:
             raise ValueError(f"value must be finite with magnitude <= {MAX_ABS_VALUE:g}, got {value!r}")
         return self._core.update(value)
 
+    def update_checked(self, value: float) -> bool:
+        """:meth:`update` for a float the caller has already checked (a learner's reward,
+        scaled to [0, 1]): the per-reward path skips the wrapper's checks. The core still
+        ignores a value that is not finite."""
+        return self._core.update(value)
+
     def feed(self, values: np.ndarray) -> np.ndarray:
         """Update with every value of a 1-D array in one compiled loop.
 

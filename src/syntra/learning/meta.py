@@ -27,6 +27,10 @@ The choice among candidates is one of:
 Either way an exploration floor keeps every candidate at ``exploration_floor / C`` or more,
 so no estimate starves and no logged propensity reaches 0.
 
+The statistics and the ``exp3ix`` arithmetic live in :class:`syntra_core.meta.MetaCore`
+(C arrays, ``nogil`` updates; shares are recomputed lazily, before the next decision that
+reads them); this class validates and documents, and computes the ``thompson`` shares.
+
 >>> meta = MetaBandit(["steady", "erratic"], exploration_floor=0.1)
 >>> for _ in range(500):
 ...     # "steady" would have played the served option, "erratic" rarely: it is rewarded.
@@ -40,14 +44,15 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from syntra_core.meta import ESTIMATORS, METHODS, MetaCore
 
-METHODS = ("exp3ix", "thompson")
-ESTIMATORS = ("ips", "snips")
 THOMPSON_DRAWS = 256
+
+__all__ = ["ESTIMATORS", "METHODS", "THOMPSON_DRAWS", "MetaBandit"]
 
 
 class MetaBandit:
@@ -65,18 +70,11 @@ class MetaBandit:
         names = tuple(names)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"meta-bandit candidates must be distinct and at least one, got {names!r}")
-        if method not in METHODS:
-            raise ValueError(f"meta.method must be one of {METHODS}, got {method!r}")
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"meta.estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if not (math.isfinite(weight_cap) and weight_cap >= 1.0):
-            raise ValueError(f"meta.weight_cap must be a finite number >= 1, got {weight_cap!r}")
-        if not (math.isfinite(exploration_floor) and 0.0 <= exploration_floor <= 0.5):
-            raise ValueError(f"meta.exploration_floor must be in [0, 0.5], got {exploration_floor!r}")
-        if learning_rate is not None and not (math.isfinite(learning_rate) and learning_rate > 0):
-            raise ValueError(f"meta.learning_rate must be a finite number > 0, got {learning_rate!r}")
         if initial is not None and initial not in names:
             raise ValueError(f"initial candidate {initial!r} is not one of {names!r}")
+        # The core checks the method, estimator and numbers (with the same messages).
+        self._core = MetaCore(len(names), method, estimator, weight_cap, exploration_floor, learning_rate,
+                              -1 if initial is None else names.index(initial), int(prior_trials))
         self.names = names
         self.method = method
         self.estimator = estimator
@@ -86,85 +84,66 @@ class MetaBandit:
         self.seed = seed
         self.initial = initial
         self.prior_trials = int(prior_trials)
-        count = len(names)
-        self.trials = [0] * count          # decisions each candidate served
-        self.weighted_gain = [0.0] * count  # sum of w_c * r
-        self.weight_sum = [0.0] * count     # sum of w_c
-        self.observations = 0
-        self._shares = self._compute_shares()
+
+    # --- statistics (read-only views of the core) -------------------------------------------
+
+    @property
+    def trials(self) -> list[int]:
+        """Decisions each candidate served."""
+        return self._core.trials()
+
+    @property
+    def weighted_gain(self) -> list[float]:
+        """Each candidate's sum of ``w_c * r``."""
+        return self._core.weighted_gain()
+
+    @property
+    def weight_sum(self) -> list[float]:
+        """Each candidate's sum of ``w_c``."""
+        return self._core.weight_sum()
+
+    @property
+    def observations(self) -> int:
+        """Feedbacks observed."""
+        return self._core.observations
 
     # --- serving ----------------------------------------------------------------------
 
+    def core(self) -> MetaCore:
+        """The compiled core, its shares current: what the policy's compiled mixing reads."""
+        core = self._core
+        if core.stale and not core.exp3ix:
+            core.load_raw(self._thompson_raw())
+        return core
+
     def shares(self) -> list[float]:
         """Each candidate's probability of serving the next decision."""
-        return list(self._shares)
+        return self.core().shares()
 
     def choose(self, u: float) -> int:
         """The candidate that serves, for a uniform draw ``u`` in [0, 1)."""
-        cumulative = 0.0
-        last = len(self._shares) - 1
-        for index, share in enumerate(self._shares):
-            cumulative += share
-            if u < cumulative:
-                return index
-        return last
+        return self.core().choose(u)
 
     def served(self, candidate: int) -> None:
-        self.trials[candidate] += 1
+        self._core.served(candidate)
 
     # --- learning ---------------------------------------------------------------------
 
     def observe(self, target_probabilities: Sequence[float], logging_probability: float, reward: float) -> None:
         """Account one feedback: each candidate's probability of the served option, the
         probability it was served with, and the reward scaled to [0, 1]."""
-        if not (0.0 < logging_probability <= 1.0):
-            raise ValueError(f"logging probability must be in (0, 1], got {logging_probability!r}")
-        if not (0.0 <= reward <= 1.0):
-            raise ValueError(f"meta-bandit rewards are scaled to [0, 1], got {reward!r}")
-        ix = self._rate(self.observations + 1) / 2 if self.method == "exp3ix" else 0.0
-        cap = self.weight_cap
-        for index, target in enumerate(target_probabilities):
-            weight = min(target / (logging_probability + ix), cap)
-            self.weighted_gain[index] += weight * reward
-            self.weight_sum[index] += weight
-        self.observations += 1
-        self._shares = self._compute_shares()
+        self._core.observe(target_probabilities, logging_probability, reward)
 
     def values(self) -> list[float | None]:
         """Each candidate's estimated value (reward scaled to [0, 1]); None before evidence."""
-        out: list[float | None] = []
-        for gain, weights in zip(self.weighted_gain, self.weight_sum):
-            if self.estimator == "ips":
-                out.append(gain / self.observations if self.observations else None)
-            else:
-                out.append(gain / weights if weights > 0 else None)
-        return out
+        return self._core.values()
 
-    def _rate(self, n: int) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return math.sqrt(8.0 * math.log(max(len(self.names), 2)) / max(n, 1))
-
-    def _compute_shares(self) -> list[float]:
+    def _thompson_raw(self) -> list[float]:
+        """Each candidate's Monte-Carlo wins (plus a 1/C pseudo-win, so none is 0)."""
         count = len(self.names)
-        n = self.observations
         head = [0.0] * count
         if self.initial is not None:
             head[self.names.index(self.initial)] = float(self.prior_trials)
-        if self.method == "exp3ix":
-            eta = self._rate(max(n, 1))
-            values = self.values()
-            gains = [eta * ((v or 0.0) * n + h) for v, h in zip(values, head)]
-            top = max(gains)
-            raw = [math.exp(g - top) for g in gains]
-        else:
-            raw = self._thompson_shares(head)
-        total = sum(raw)
-        floor = self.exploration_floor
-        return [(1.0 - floor) * r / total + floor / count for r in raw]
-
-    def _thompson_shares(self, head: list[float]) -> list[float]:
-        count = len(self.names)
         means = np.empty(count)
         stds = np.empty(count)
         for index, (gain, weights) in enumerate(zip(self.weighted_gain, self.weight_sum)):
@@ -176,7 +155,7 @@ class MetaBandit:
         rng = np.random.Generator(np.random.PCG64([self.seed, self.observations]))
         draws = rng.standard_normal((THOMPSON_DRAWS, count)) * stds + means
         wins = np.bincount(np.argmax(draws, axis=1), minlength=count).astype(float)
-        return list(wins + 1.0 / count)  # never exactly 0 before the floor
+        return list(wins + 1.0 / count)
 
     # --- state ------------------------------------------------------------------------
 
@@ -184,27 +163,17 @@ class MetaBandit:
         """Per candidate: decisions served, estimated value and current share."""
         return {
             name: {"trials": trials, "value": value, "share": share}
-            for name, trials, value, share in zip(self.names, self.trials, self.values(), self._shares)
+            for name, trials, value, share in zip(self.names, self.trials, self.values(), self.shares())
         }
 
     def export_state(self) -> dict[str, Any]:
-        return {
-            "names": list(self.names),
-            "trials": list(self.trials),
-            "weighted_gain": list(self.weighted_gain),
-            "weight_sum": list(self.weight_sum),
-            "observations": self.observations,
-        }
+        return {"names": list(self.names), **self._core.export_state()}
 
-    def import_state(self, state: dict[str, Any]) -> None:
+    def import_state(self, state: Mapping[str, Any]) -> None:
+        """Load :meth:`export_state` output. ValueError, changing nothing, if it is
+        malformed or for other candidates."""
+        if not isinstance(state, Mapping) or "names" not in state:
+            raise ValueError("meta-bandit state must be a mapping with the candidates' names")
         if list(state["names"]) != list(self.names):
             raise ValueError(f"meta-bandit state is for candidates {state['names']}, not {list(self.names)}")
-        count = len(self.names)
-        trials = [int(t) for t in state["trials"]]
-        gain = [float(g) for g in state["weighted_gain"]]
-        weights = [float(w) for w in state["weight_sum"]]
-        if not len(trials) == len(gain) == len(weights) == count:
-            raise ValueError("meta-bandit state does not match its candidates")
-        self.trials, self.weighted_gain, self.weight_sum = trials, gain, weights
-        self.observations = int(state["observations"])
-        self._shares = self._compute_shares()
+        self._core.import_state(state)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from syntra_core.rng import RandomStream
+from syntra_core.meta import CandidateMix
 
 from syntra.errors import FailedPrecondition, InvalidContext
 from syntra.learning import candidates as candidate_rules
@@ -160,9 +160,17 @@ class Policy:
         self.pending: dict[int, Pending] = {}
         self.expired: dict[int, int] = {}   # sequence -> ts_ns its default reward was applied
         self.floor_bps: int | None = None
-        count = len(self.candidates)
-        self._probabilities = np.empty((count, len(options)))
-        self._mixture = np.empty(len(options))
+        # One decision's arithmetic runs in C (syntra_core.meta): the rules over the shared
+        # table are filled there; other candidates (linear models) write their row from here.
+        scalar = [isinstance(c, candidate_rules.ScalarCandidate) for c in self.candidates]
+        seeds = [_candidate_seed(seed, index) for index in range(len(self.candidates))]
+        self._mixer = CandidateMix(table, [c.rule if s else None for c, s in zip(self.candidates, scalar)],
+                                   seeds, seed)
+        self._probabilities = self._mixer.probabilities
+        self._scalar = scalar
+        self._filled_by_python = [(index, candidate, seeds[index])
+                                  for index, candidate in enumerate(self.candidates) if not scalar[index]]
+        self._linear = [c for c in self.candidates if c.linear]
 
     def _detector(self, delta: float) -> Adwin:
         drift = self.config["drift"]
@@ -205,33 +213,34 @@ class Policy:
                metric: float | None, ts_ns: int) -> Choice:
         """Choose the option for decision ``sequence``; remember it until its reward."""
         self.floor_bps = None   # the regime's quality floor for this decision, once known
-        probabilities = self._probabilities
-        for index, candidate in enumerate(self.candidates):
-            seed = (self.seed + _STREAM_STRIDE * (index + 1)) & _MASK64
-            candidate.distribution_into(context_key, x, seed, sequence, probabilities[index])
-        stream = RandomStream(self.seed, sequence)
-        candidate_index = -1
+        mixer = self._mixer
+        mixer.fill(context_key, sequence)
+        for index, candidate, seed in self._filled_by_python:
+            candidate.distribution_into(context_key, x, seed, sequence, self._probabilities[index])
+        # The policy's own draws come from the stream of (seed, sequence): the option's
+        # uniform first, then the serving candidate's.
         if self.lifecycle == WARMUP:
-            arm = int(stream.integers(len(self.options), 1)[0])
-            mixture = np.full(len(self.options), 1.0 / len(self.options))
+            arm = mixer.warmup_arm(sequence)
+            propensity, candidate_index = mixer.propensity, -1
         elif self.hierarchy is not None:
             arm, level_propensity = self.hierarchy.choose(context_key, sequence)
-            mixture = np.zeros(len(self.options))
-            mixture[arm] = level_propensity
+            propensity, candidate_index = float(level_propensity), -1
         else:
-            shares = self.meta.shares()
-            mixture = np.dot(shares, probabilities, out=self._mixture)
-            floor = self.floor_bps = self._quality_floor(context_key, regime, metric)
-            if floor is not None:
-                mixture = self._apply_floor(mixture, context_key, floor)
-            u = stream.random()
-            arm = _pick(mixture, u)
+            floor = self.floor_bps = None if self.regimes is None else self._quality_floor(context_key, regime, metric)
+            meta = self.meta.core()
+            if floor is None:
+                arm = mixer.mix_pick(meta, sequence)
+            else:
+                arm = mixer.pick(self._apply_floor(mixer.mix_shares(meta), context_key, floor), meta, sequence)
             # The serving candidate is the one a two-stage draw would have used: for the
             # report only, as the option's propensity is the mixture's.
-            candidate_index = self.meta.choose(stream.random())
-        propensity = float(mixture[arm])
+            propensity, candidate_index = mixer.propensity, mixer.candidate
         refusal = confidence = None
-        prediction = self.candidates[max(candidate_index, 0)].predict(self.table, context_key, x, arm)
+        serving = max(candidate_index, 0)
+        if self._scalar[serving]:   # the table's mean, which the fill just read
+            prediction = mixer.table_mean(arm)
+        else:
+            prediction = self.candidates[serving].predict(self.table, context_key, x, arm)
         if self.refusal is not None:
             key = None if x is not None else context_key
             assessment = self.refusal.assess(prediction, x=x, key=key)
@@ -245,10 +254,11 @@ class Policy:
         if candidate_index >= 0 and refusal is None:
             self.meta.served(candidate_index)
         self.pending[sequence] = Pending(
-            context_key, arm, propensity, tuple(float(p) for p in probabilities[:, arm]), candidate_index,
+            context_key, arm, propensity, mixer.targets(arm), candidate_index,
             None if x is None else x.copy(), prediction, refusal, regime, ts_ns,
-            # The levels chose, not the candidates' mixture: nothing to weigh them by.
-            meta=self.hierarchy is None or self.lifecycle == WARMUP)
+            # meta (positional, cheaper than a keyword): when the levels chose, not the
+            # candidates' mixture, there is nothing to weigh the candidates by.
+            self.hierarchy is None or self.lifecycle == WARMUP)
         return Choice(arm, propensity, refusal, confidence)
 
     def _quality_floor(self, context_key: str, regime: str | None, metric: float | None) -> int | None:
@@ -309,11 +319,10 @@ class Policy:
         entry = self.pending.pop(sequence, None)
         if entry is None or not trained:
             return []
-        scaled = self.reward.normalize(reward)
+        scaled = _scaled(self.reward, reward)
         events: list[dict[str, Any]] = []
-        for candidate in self.candidates:
-            if candidate.linear:
-                candidate.learn(entry.arm, entry.x, reward)
+        for candidate in self._linear:
+            candidate.learn(entry.arm, entry.x, reward)
         if self.hierarchy is not None:
             self.hierarchy.learn(entry.context_key, entry.arm, reward)
         if entry.meta:
@@ -355,20 +364,22 @@ class Policy:
 
     def _watch_drift(self, sequence: int, entry: Pending, scaled: float) -> list[dict[str, Any]]:
         arm = entry.arm
-        if self.capsule_detectors[arm].update(scaled):
+        # ``scaled`` is a float in [0, 1]: past the wrapper's type checks, straight to the
+        # compiled detector (which still checks the value).
+        if self.capsule_detectors[arm].update_checked(scaled):
             event = {"event": "drift", "scope": "capsule", "option": self.options[arm],
                      "sequence": sequence, "from": self.lifecycle, "to": WARMUP}
             self._restart_after_drift()
             self.drift_events.append(event)
             return [event]
-        delta = self.config["drift"]["context_delta"]
         key = (entry.context_key, arm)
         detector = self.context_detectors.get(key)
         if detector is None:
+            delta = self.config["drift"]["context_delta"]
             if delta is None or len(self.context_detectors) >= MAX_CONTEXT_DETECTORS:
                 return []
             detector = self.context_detectors[key] = self._detector(delta)
-        if not detector.update(scaled):
+        if not detector.update_checked(scaled):
             return []
         self.table.reset_context(entry.context_key)
         for other in range(len(self.options)):
@@ -543,18 +554,22 @@ class Policy:
         self.expired = {int(seq): int(ts) for seq, ts in state["expired"]}
 
 
-def _pick(probabilities: np.ndarray, u: float) -> int:
-    """The option ``u`` (uniform in [0, 1)) falls on; rounding never lands it on an option
-    of probability 0 (one a quality floor excluded)."""
-    cumulative = 0.0
-    chosen = -1
-    for index, p in enumerate(probabilities):
-        if p > 0.0:
-            chosen = index
-            cumulative += p
-            if u < cumulative:
-                return index
-    return chosen
+def _candidate_seed(seed: int, index: int) -> int:
+    """The stream seed of candidate ``index`` (see ``_STREAM_STRIDE``)."""
+    return (seed + _STREAM_STRIDE * (index + 1)) & _MASK64
+
+
+def _scaled(spec, reward: float) -> float:
+    """``spec.normalize(reward)``: a float the spec accepts (the learner checked it) is
+    mapped directly, anything else goes through the spec's checks."""
+    if type(reward) is float:
+        low, high = spec.low, spec.high
+        if low <= reward <= high and (spec.type != "bernoulli" or reward == 0.0 or reward == 1.0):
+            value = (reward + 0.0 - low) / (high - low)
+            # min(1.0, max(0.0, value)) without the builtins' call overhead.
+            value = value if value > 0.0 else 0.0  # noqa: FURB136
+            return value if value < 1.0 else 1.0  # noqa: FURB136
+    return spec.normalize(reward)
 
 
 def _with_initial(meta: MetaBandit, initial: str, prior_trials: int) -> MetaBandit:
