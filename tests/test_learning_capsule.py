@@ -512,3 +512,19 @@ def test_the_regime_floor_feeds_the_budget_kernels_quality_gate():
     anomalous = cap.decide("k", metrics={"latency_ms": 5000.0})
     # The floor is now ~8500 bps: small (6000) may not substitute, and nothing else fits.
     assert anomalous.refused and anomalous.refusal.startswith("budget")
+
+
+def test_warmup_serves_and_calibrates_so_refuse_uncalibrated_can_start():
+    with pytest.raises(InvalidConfig, match="refusal.refuse_uncalibrated"):
+        install({"refusal": {"enabled": True, "refuse_uncalibrated": True}})   # warmup 30 < 50
+    cap = install({"warmup": {"feedbacks": 60},
+                   "refusal": {"enabled": True, "refuse_uncalibrated": True, "min_calibration": 50}},
+                  reward={"type": "continuous", "range": [0, 1]})
+    world = random.Random(5)
+    for _ in range(60):
+        d = cap.decide("k")
+        assert not d.refused and d.confidence is not None   # warmup serves, and says how sure it is
+        cap.feedback(d.decision_id, world.random())
+    after = cap.decide("k")
+    assert cap.lifecycle == "active" and after.refusal != "insufficient_calibration"
+    assert after.confidence["calibrationSize"] >= 50

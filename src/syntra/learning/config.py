@@ -716,6 +716,11 @@ class LearningConfig:
             raise _fail("refusal.min_calibration", f"must be in [{smallest}, refusal.window = {refusal.window}] for"
                                                    f" refusal.coverage {refusal.coverage!r},"
                                                    f" got {refusal.min_calibration}")
+        if refusal.enabled and refusal.refuse_uncalibrated and self.warmup.feedbacks < refusal.min_calibration:
+            # Only served decisions calibrate, and warmup is what serves while uncalibrated.
+            raise _fail("refusal.refuse_uncalibrated", f"needs warmup.feedbacks >= refusal.min_calibration"
+                                                       f" ({refusal.min_calibration}), or the capsule would refuse"
+                                                       f" for ever; got warmup.feedbacks {self.warmup.feedbacks}")
         regimes = self.regimes
         if regimes.min_floor_bps > regimes.max_floor_bps:
             raise _fail("regimes.min_floor_bps", f"must be at most regimes.max_floor_bps ({regimes.max_floor_bps}),"

@@ -217,6 +217,9 @@ class Policy:
         mixer.fill(context_key, sequence)
         for index, candidate, seed in self._filled_by_python:
             candidate.distribution_into(context_key, x, seed, sequence, self._probabilities[index])
+        # The regime sees every request's metric, in warmup too; its floor gates the
+        # mixture once active.
+        floor = self.floor_bps = None if self.regimes is None else self._quality_floor(context_key, regime, metric)
         # The policy's own draws come from the stream of (seed, sequence): the option's
         # uniform first, then the serving candidate's.
         if self.lifecycle == WARMUP:
@@ -226,7 +229,6 @@ class Policy:
             arm, level_propensity = self.hierarchy.choose(context_key, sequence)
             propensity, candidate_index = float(level_propensity), -1
         else:
-            floor = self.floor_bps = None if self.regimes is None else self._quality_floor(context_key, regime, metric)
             meta = self.meta.core()
             if floor is None:
                 arm = mixer.mix_pick(meta, sequence)
@@ -248,7 +250,8 @@ class Policy:
             # refused context would stay unseen, and refused, for ever.
             self.refusal.observe_context(x=x, key=key)
             confidence = assessment.to_dict()
-            refusal = assessment.reason if assessment.refused else None
+            # Warmup serves every decision: their outcomes are what calibrates the interval.
+            refusal = assessment.reason if assessment.refused and self.lifecycle != WARMUP else None
             if refusal is not None:
                 self.refusals[refusal] = self.refusals.get(refusal, 0) + 1
         if candidate_index >= 0 and refusal is None:
