@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from syntra_core.bandits import ArmTable, BetaThompson, EpsilonGreedy, Softmax
+from syntra_core.bandits import ArmTable, BetaThompson, EpsilonGreedy, Greedy, Softmax
 from syntra_core.meta import CandidateMix, MetaCore, pick
 from syntra_core.rng import RandomStream
 
@@ -241,3 +241,18 @@ def test_malformed_state_is_refused_and_changes_nothing(change):
     assert (meta.export_state(), meta.shares()) == before
     with pytest.raises(ValueError):
         meta.import_state({"names": ["a", "b", "c"]})
+
+
+def test_a_propensity_never_rounds_past_one():
+    # Three candidates all certain of option 0, with shares whose weighted sum is a
+    # rounding step over 1: the logged propensity is still a probability.
+    table = ArmTable(2)
+    for _ in range(10):
+        table.update("k", 0, 1.0)
+        table.update("k", 1, 0.0)
+    core = MetaCore(3, method="thompson", exploration_floor=0.0)
+    core.load_raw([0.5014295859466933, 0.794983493746024, 0.0771069862639161])
+    mix = CandidateMix(table, [Greedy(table)] * 3, [1, 2, 3], 0)
+    mix.fill("k", 0)
+    assert mix.mix_pick(core, 0) == 0
+    assert mix.mixture[0] > 1.0 and mix.propensity == 1.0

@@ -291,7 +291,8 @@ class Capsule:
         reward = self.reward
         table = ArmTable(len(self.options), reward.low, reward.high, binary=reward.type == "bernoulli")
         names = candidate_names(self.learning, reward)
-        self._policy = Policy(self.learning, self.options, reward, table, config["seed"], self.encoder, names)
+        self._policy = Policy(self.learning, self.options, reward, table, config["seed"], self.encoder, names,
+                              tuned=config.get("learning") is not None)
         first = self._policy.candidates[0]
         rule = first.rule if not first.linear else Rule(table)
         self._learner = Learner(self.name, self.options, rule, config["seed"], config["tag"])

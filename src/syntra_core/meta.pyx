@@ -480,7 +480,7 @@ cdef class CandidateMix:
             arm = <int>next_below(&st, <uint64_t>self.n_arms)
             for a in range(self.n_arms):
                 self.mix[a] = 1.0 / self.n_arms
-        self.propensity = self.mix[arm]
+        self.propensity = min(self.mix[arm], 1.0)   # a sum of shares can round past 1
         self.candidate = -1
         return arm
 
@@ -497,7 +497,7 @@ cdef class CandidateMix:
             candidate = meta.choose_c(u[1])
         if arm < 0:
             raise ValueError("no option has a positive probability in the mixture")
-        self.propensity = self.mix[arm]
+        self.propensity = min(self.mix[arm], 1.0)   # a sum of shares can round past 1
         self.candidate = candidate
         return arm
 
@@ -528,7 +528,7 @@ cdef class CandidateMix:
             candidate = meta.choose_c(u[1])
         if arm < 0:
             raise ValueError("no option has a positive probability in the mixture")
-        self.propensity = mixture[arm]
+        self.propensity = min(mixture[arm], 1.0)
         self.candidate = candidate
         return arm
 

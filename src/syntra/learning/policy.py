@@ -111,11 +111,13 @@ class Policy:
 
     ``config`` is the full learning config (``LearningConfig.to_dict()``), ``reward`` the
     capsule's reward spec, ``table`` the learner's shared statistics and ``encoder`` the
-    context encoder of its ``contextSpec``.
+    context encoder of its ``contextSpec``. ``tuned`` gives the candidates the learning
+    layer's own defaults (see :data:`syntra.learning.candidates.TUNED`); a capsule
+    without a learning config runs its rule's plain defaults.
     """
 
     def __init__(self, config: Mapping[str, Any], options: tuple[str, ...], reward, table, seed: int,
-                 encoder, candidate_names: list[str]):
+                 encoder, candidate_names: list[str], *, tuned: bool = True):
         self.config = config
         self.options = options
         self.reward = reward
@@ -130,7 +132,7 @@ class Policy:
             candidate_rules.build(
                 name, table=table, n_arms=len(options), dim=self.features,
                 settings=config["settings"] if len(candidate_names) == 1 else {},
-                linear_config=config["linear"], option_features=option_features)
+                linear_config=config["linear"], option_features=option_features, tuned=tuned)
             for name in candidate_names
         ]
         meta = config["meta"]
