@@ -528,3 +528,131 @@ def test_warmup_serves_and_calibrates_so_refuse_uncalibrated_can_start():
     after = cap.decide("k")
     assert cap.lifecycle == "active" and after.refusal != "insufficient_calibration"
     assert after.confidence["calibrationSize"] >= 50
+
+
+# --- what review found: each of these failed before its fix ---------------------------------------
+
+
+def test_an_uninstalled_capsules_stale_reference_takes_no_operator_action(tmp_path):
+    from syntra.errors import UnknownCapsule
+
+    engine = Engine.open(tmp_path / "db", seed=1, durability="none")
+    cap = engine.install(NAME, options=["a", "b"], learning={})
+    engine.uninstall(NAME)
+    for action in (cap.freeze, cap.unfreeze, lambda: cap.update_learning({"warmup": {"feedbacks": 3}})):
+        with pytest.raises(UnknownCapsule):
+            action()
+    engine.close(checkpoint=False)
+    Engine.open(tmp_path / "db").close()   # the log replays: it names no unknown capsule
+
+
+def test_numpy_feature_values_are_logged_as_plain_values(tmp_path):
+    spec = {"contextSpec": {"kind": "features", "features": {
+        "x": {"type": "continuous", "range": [0, 1]}, "vip": {"type": "boolean"}}}}
+    engine = Engine.open(tmp_path / "db", seed=1, durability="none")
+    cap = engine.install(NAME, options=["a", "b"], learning=spec)
+    for i in range(40):
+        d = cap.decide(features={"x": np.float32(i / 40), "vip": np.bool_(i % 2)})
+        cap.feedback(d.decision_id, np.float64(i % 2))
+    digest = engine.state_digest()
+    engine.close(checkpoint=False)
+    with Engine.open(tmp_path / "db") as reopened:
+        assert reopened.state_digest() == digest
+
+
+@pytest.mark.parametrize("now_ns", [10**30, -1, 1.5, "soon", True])
+def test_expire_overdue_refuses_a_bad_clock_and_changes_nothing(now_ns):
+    cap = install({"feedback": {"reward_wait_seconds": 1, "default_reward": 0}})
+    d = cap.decide("")
+    with pytest.raises(InvalidConfig, match="now_ns"):
+        cap.expire_overdue(now_ns)
+    assert cap.is_pending(d.decision_id)
+
+
+@pytest.mark.parametrize("update, field", [
+    ({"feedback": {"reward_wait_seconds": 5, "default_reward": 5}}, "default_reward"),
+    ({"algorithm": "ucb1", "settings": {"exploration": 1000}}, "exploration"),
+    ({"algorithm": "ucb1", "settings": {"exploration": 10**400}}, "exploration"),
+    ({"algorithm": "thompson", "settings": {"samples": 100_000}}, "samples"),
+])
+def test_update_learning_checks_what_install_checks(update, field):
+    cap = install({}, options=[f"o{i}" for i in range(200)])
+    before = cap.learning
+    with pytest.raises(InvalidConfig, match=field):
+        cap.update_learning(update)
+    assert cap.learning == before
+
+
+def test_an_empty_legacy_block_in_an_update_keeps_the_floor():
+    cap = install({"meta": {"exploration_floor": 0.3}})
+    cap.update_learning({"learning": {}})
+    assert cap.learning["meta"]["exploration_floor"] == 0.3
+    cap.update_learning({"learning": {"min_exploration": 0.1}})
+    assert cap.learning["meta"]["exploration_floor"] == 0.1
+
+
+def test_auto_with_one_candidate_takes_that_rules_settings():
+    cap = install({"candidates": ["ucb1"], "settings": {"exploration": 0.5}})
+    assert cap.learning["settings"] == {"exploration": 0.5}
+    with pytest.raises(InvalidConfig, match="exploration"):
+        install({"candidates": ["ucb1"], "settings": {"exploration": 1000}})
+
+
+def test_signals_and_waits_added_later_handle_decisions_made_before():
+    cap = Engine.memory(seed=1).install(NAME, options=["a", "b"], reward={"type": "continuous", "range": [0, 1]})
+    old = cap.decide("")                      # the compiled fast path: the policy never saw it
+    cap.update_learning({"feedback": {"signals": {"x": {"weight": 1}}}})
+    with pytest.raises(InvalidReward, match="before this capsule fused signals"):
+        cap.feedback(old.decision_id, 1.0, signal="x")
+    cap.feedback(old.decision_id, 1.0)
+    new = cap.decide("")
+    cap.update_learning({"feedback": {"signals": None}})   # the fast path again...
+    cap.feedback(new.decision_id, 0.5)                     # ...which must tell the policy
+    assert cap._policy.pending == {} and cap.pending == 0
+
+
+def test_a_reward_wait_turned_on_by_an_update_is_enforced():
+    import time
+
+    engine = Engine.memory()
+    cap = engine.install(NAME, options=["a", "b"], learning={})
+    d = cap.decide("")
+    cap.update_learning({"feedback": {"reward_wait_seconds": 0.05, "default_reward": 1}})
+    deadline = time.monotonic() + 10
+    while cap.is_pending(d.decision_id) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    engine.close()
+    assert not cap.is_pending(d.decision_id)
+
+
+def test_a_cost_goes_with_the_completing_signal_only():
+    engine = Engine.memory(seed=3)
+    engine.budget.open_account("llm", 1_000_000)
+    cap = engine.install(NAME, options=["a", "b"], reward={"type": "continuous", "range": [0, 1]},
+                         budget={"account": "llm", "costs": {"a": 100, "b": 100}},
+                         learning={"feedback": {"signals": {"x": {"weight": 1}, "y": {"weight": 1}}}})
+    d = cap.decide("")
+    with pytest.raises(InvalidReward, match="completes"):
+        cap.feedback(d.decision_id, 1.0, signal="x", cost=50)
+    cap.feedback(d.decision_id, 1.0, signal="x")
+    cap.feedback(d.decision_id, 0.0, signal="y", cost=50)
+    assert not cap.is_pending(d.decision_id)
+
+
+def test_concurrent_partial_updates_all_land():
+    import threading
+
+    cap = install({})
+    barrier = threading.Barrier(2)
+
+    def update(section, value):
+        barrier.wait()
+        cap.update_learning(value)
+
+    threads = [threading.Thread(target=update, args=("meta", {"meta": {"exploration_floor": 0.2}})),
+               threading.Thread(target=update, args=("drift", {"drift": {"clock": 8}}))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert cap.learning["meta"]["exploration_floor"] == 0.2 and cap.learning["drift"]["clock"] == 8

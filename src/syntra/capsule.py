@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from syntra_core.bandits import (
     DEFAULT_SAMPLES,
     MAX_ARMS,
@@ -190,11 +192,43 @@ def _merged(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
             merged[key] = value
     if "algorithm" in update and "settings" not in update and update["algorithm"] != current["algorithm"]:
         merged["settings"] = {}
-    if "learning" in update and "meta" not in update:
-        # The legacy block sets the meta floor only when the floor is not given: it is, now.
-        merged["meta"] = {**merged["meta"], "exploration_floor": merged["learning"].get(
-            "min_exploration", merged["meta"]["exploration_floor"])}
+    legacy = update.get("learning")
+    if isinstance(legacy, Mapping) and "min_exploration" in legacy and "exploration_floor" not in (
+            update.get("meta") or {}):
+        # The legacy floor, named by the update, sets the meta floor (which is always set now).
+        merged["meta"] = {**merged["meta"], "exploration_floor": legacy["min_exploration"]}
     return merged
+
+
+def check_rule_settings(learning: Mapping[str, Any], n_options: int) -> None:
+    """Check a learning config's ``settings`` against the rule they are for: the fixed
+    algorithm, or auto's single candidate."""
+    algorithm = learning["algorithm"]
+    if algorithm == "auto" and learning["candidates"] and len(learning["candidates"]) == 1:
+        algorithm = learning["candidates"][0]
+    _check_settings(algorithm, learning["settings"], n_options)
+
+
+def _plain_inputs(values: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
+    """Features or metrics as plain JSON values (numpy scalars become Python ones), so the
+    decision is logged exactly as it was made; anything else is the encoder's to refuse."""
+    if values is None:
+        return None
+    if not isinstance(values, Mapping):
+        raise InvalidContext(f"{what} must be a mapping of name to value, got {type(values).__name__}")
+    out = {}
+    for name, value in values.items():
+        if not isinstance(name, str):
+            raise InvalidContext(f"{what} names must be strings, got {name!r}")
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, numbers.Real) and not isinstance(value, int):   # Fraction, Decimal
+            try:
+                value = float(value)
+            except (OverflowError, ValueError):
+                raise InvalidContext(f"{what}.{name} is not a finite float64, got {value!r}") from None
+        out[name] = value
+    return out
 
 
 def learning_of(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,7 +310,7 @@ class Capsule:
 
     __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "learning",
                  "encoder", "_learner", "_lock", "_budget", "_program", "_plain", "_policy", "_direct",
-                 "_action_values")
+                 "_action_values", "_retired", "_wake")
 
     def __init__(self, config: dict[str, Any], budget=None, sandbox=None):
         self.config = config
@@ -303,6 +337,8 @@ class Capsule:
         program = config.get("program")
         self._program = None if program is None else ProgramSpec.parse(program, self.options, sandbox)
         actions = self.learning["actions"]
+        self._retired = False
+        self._wake = None   # the engine's hook: a reward wait may start with an update
         self._action_values = None
         if actions["kind"] == "continuous":
             self._action_values = LearningConfig.continuous_options(actions["range"], actions["buckets"])[1]
@@ -310,8 +346,9 @@ class Capsule:
 
     def _replan(self) -> None:
         # decide's and feedback's one-call fast path: the learner alone, training.
+        # Not while the policy awaits answers of its own: the fast path would not tell it.
         self._plain = (self._direct and self._budget is None and self._program is None
-                       and self._policy.lifecycle != FROZEN)
+                       and self._policy.lifecycle != FROZEN and not self._policy.pending)
 
     # --- deciding -----------------------------------------------------------------------
 
@@ -330,6 +367,7 @@ class Capsule:
             _check_context(context_key)
         if self._plain and input is None and features is None and metrics is None:
             return self._learner.decide(context_key)
+        features, metrics = _plain_inputs(features, "features"), _plain_inputs(metrics, "metrics")
         with self._lock:
             d, _, error = self._decide_locked(context_key, input, features, metrics, time.time_ns())
         if error is not None:
@@ -476,7 +514,7 @@ class Capsule:
             self._raise_for(status, decision_id, reward)
         if signal is not None:
             # The log keeps the signal's own value; replay fuses again and checks the result.
-            fused = self._signal(decision_id, sequence, signal, reward)
+            fused = self._signal(decision_id, sequence, signal, reward, cost)
             detail = {"signal": signal, "fused": fused}
             if fused is None:
                 return Learned(sequence, reward, detail, [], None, None)
@@ -495,6 +533,8 @@ class Capsule:
         if status:   # checked already: only a bug gets here
             raise AssertionError(f"feedback for sequence {sequence} failed after its checks: {status}")
         events = self._policy.learn(sequence, reward, trains)
+        if self._direct and not self._plain and not self._policy.pending:
+            self._replan()
         return Learned(sequence, reward, detail, events, claim, cost)
 
     def _sequence_of(self, decision_id: str) -> int:
@@ -509,14 +549,22 @@ class Capsule:
             raise FeedbackExpired(self.name, decision_id, expired)
         return sequence
 
-    def _signal(self, decision_id: str, sequence: int, name: object, value: float) -> float | None:
-        signals = self.learning["feedback"]["signals"]
+    def _signal(self, decision_id: str, sequence: int, name: object, value: float, cost) -> float | None:
+        config = self.learning["feedback"]
+        signals = config["signals"]
         if not signals:
             raise InvalidReward(f"capsule {self.name!r} fuses no signals (feedback.signals is not set)")
         if not isinstance(name, str) or name not in signals:
             raise InvalidReward(f"unknown signal {name!r}; this capsule fuses {sorted(signals)}")
-        if name in self._policy.pending[sequence].signals:
+        entry = self._policy.pending.get(sequence)
+        if entry is None:
+            raise InvalidReward(f"decision {decision_id!r} was made before this capsule fused signals:"
+                                f" report its reward without signal=")
+        if name in entry.signals:
             raise DuplicateFeedback(self.name, f"{decision_id} (signal {name!r})")
+        if cost is not None and self.reward.fuse_signals(signals, config["fusion"],
+                                                         {**entry.signals, name: value}) is None:
+            raise InvalidReward("a cost goes with the signal that completes the reward, and this one does not")
         return self._policy.signal(sequence, name, value)
 
     def _raise_for(self, status: int, decision_id: str, reward: float) -> None:
@@ -544,7 +592,10 @@ class Capsule:
     def expire_overdue(self, now_ns: int | None = None) -> int:
         """Give every decision whose reward wait has run out its default reward (logged,
         once each). Returns how many. The engine calls this periodically."""
-        now_ns = time.time_ns() if now_ns is None else now_ns
+        if now_ns is None:
+            now_ns = time.time_ns()
+        elif type(now_ns) is not int or not 0 <= now_ns < 2**63:
+            raise InvalidConfig(f"now_ns must be integer nanoseconds in [0, 2**63), got {now_ns!r}")
         done = 0
         while True:
             with self._lock:
@@ -577,11 +628,13 @@ class Capsule:
         """Serve from the current state and learn nothing until :meth:`unfreeze`; every
         decision and feedback is still logged. Audited."""
         with self._lock:
+            self._check_installed()
             self._change("freeze", None)
 
     def unfreeze(self) -> None:
         """Resume learning where :meth:`freeze` stopped it. Audited."""
         with self._lock:
+            self._check_installed()
             self._change("unfreeze", None)
 
     def update_learning(self, learning: Mapping[str, Any]) -> None:
@@ -595,16 +648,25 @@ class Capsule:
         ``contextSpec``, ``actions`` and ``optionFeatures`` shape what has been learned and
         cannot change; install a new capsule for that.
         """
-        config = self._checked_learning(learning)
         with self._lock:
+            self._check_installed()
+            config = self._checked_learning(learning)   # merged over the config it replaces
             self._change("update_learning", config)
+        if self._wake is not None:
+            self._wake()
+
+    def _check_installed(self) -> None:
+        if self._retired:   # a stale reference: its actions would name a capsule replay does not know
+            raise UnknownCapsule(self.name)
 
     def _checked_learning(self, learning: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(learning, Mapping):
             raise InvalidConfig(f"learning config must be a mapping, got {type(learning).__name__}")
         parsed = LearningConfig.parse(_merged(self.learning, learning))
         parsed.check_options(self.options)
+        parsed.check_reward(self.reward)
         config = parsed.to_dict()
+        check_rule_settings(config, len(self.options))
         for fixed in ("contextSpec", "actions", "optionFeatures"):
             if config[fixed] != self.learning[fixed]:
                 raise InvalidConfig(f"learning.json: {fixed} cannot change on an installed capsule"
@@ -676,6 +738,7 @@ class Capsule:
         # A stale reference to an uninstalled capsule must not decide or learn (a durable
         # one would log records for a capsule that replay no longer knows).
         self._learner = _Uninstalled(self.name, self._learner)
+        self._retired = True
         self._plain = False
         self._policy.pending.clear()
         if self._budget is not None:
@@ -700,6 +763,10 @@ class Capsule:
         (``best_option``: the most played option, ties going to the higher mean); the
         learning policy's lifecycle, candidates (trials, estimated value, share), drift
         events and refusals."""
+        with self._lock:
+            return self._report()
+
+    def _report(self) -> dict[str, Any]:
         table = self._learner.table
         contexts = {}
         for key in table.contexts:
@@ -757,7 +824,8 @@ class DurableCapsule(Capsule):
 
     def _submit_decision(self, context_key: str, input: object, features, metrics):
         _check_context(context_key)
-        features = self._features_in(input, features)
+        features = _plain_inputs(self._features_in(input, features), "features")
+        metrics = _plain_inputs(metrics, "metrics")
         with self._lock:
             self._store.check()
             ts_ns = time.time_ns()

@@ -51,6 +51,7 @@ from syntra.capsule import (
     RewardSpec,
     _check_options,
     _check_settings,
+    check_rule_settings,
 )
 from syntra.errors import (
     CapsuleExists,
@@ -124,6 +125,7 @@ class Engine:
         # Gives decisions whose reward wait ran out their default reward (learning.json
         # feedback.reward_wait_seconds); started with the first capsule that waits.
         self._waiter: threading.Thread | None = None
+        self._waiter_lock = threading.Lock()
         self._stop_waiting = threading.Event()
 
     @classmethod
@@ -311,6 +313,7 @@ class Engine:
     def _register(self, config: dict[str, Any], capsule: Capsule | None = None) -> Capsule:
         """Make ``capsule`` (built from ``config`` if not given) installed, with its bookkeeping."""
         capsule = capsule or self._build(config)
+        capsule._wake = self._start_waiter
         self._capsules[capsule.name] = capsule
         self._by_uid[capsule.uid] = capsule
         self._configs[capsule.uid] = config
@@ -367,12 +370,15 @@ class Engine:
             options = _action_options(learning_config, options)
         option_names = _check_options(options)
         algorithm = algorithm or (learning_config["algorithm"] if learning_config else "thompson")
-        settings = _check_settings(algorithm, settings if settings is not None else
-                                   (learning_config["settings"] if learning_config else None), len(option_names))
+        if learning_config is None:
+            settings = _check_settings(algorithm, settings, len(option_names))
+        else:   # checked with the learning config, against the rule they are for
+            settings = dict(learning_config["settings"])
         if learning_config is not None:
             parsed_learning = LearningConfig.parse(learning_config)
             parsed_learning.check_options(option_names)
             parsed_learning.check_reward(spec)
+            check_rule_settings(learning_config, len(option_names))
         budget_spec = BudgetSpec.parse(budget, option_names)
         if (limits is not None or policy is not None or context is not None) and lyc is None:
             raise InvalidConfig("limits, policy and context belong to a program: they need lyc")
@@ -433,10 +439,12 @@ class Engine:
         return LearningConfig.parse(merged).to_dict()
 
     def _start_waiter(self) -> None:
-        if self._waiter is not None or not any(c.reward_wait_seconds for c in self.capsules()):
-            return
-        self._waiter = threading.Thread(target=self._wait_for_rewards, name="syntra-reward-wait", daemon=True)
-        self._waiter.start()
+        with self._waiter_lock:
+            if self._waiter is not None or self._stop_waiting.is_set() \
+                    or not any(c.reward_wait_seconds for c in self.capsules()):
+                return
+            self._waiter = threading.Thread(target=self._wait_for_rewards, name="syntra-reward-wait", daemon=True)
+            self._waiter.start()
 
     def _wait_for_rewards(self) -> None:
         while True:
@@ -478,7 +486,8 @@ class Engine:
         with self._lock:
             capsule = self.capsule(name)
             if not self._store:
-                self._unregister(capsule)
+                with capsule._lock:   # the reward-wait thread may be in the middle of it
+                    self._unregister(capsule)
                 return
             # The capsule's lock too, so no decision or feedback of it lands in the log after
             # the uninstall record (replay would not know the capsule any more).
@@ -544,7 +553,8 @@ class Engine:
 
         ``checkpoint=False`` skips the final checkpoint: the next open replays the log tail.
         """
-        self._stop_waiting.set()
+        with self._waiter_lock:
+            self._stop_waiting.set()
         if self._waiter is not None and self._waiter is not threading.current_thread():
             self._waiter.join()
         try:
