@@ -1,6 +1,7 @@
 """The learning layer through a capsule's public API: lifecycle, meta-bandit, contexts,
 rewards, delayed feedback, drift, refusal, regimes, action shapes, config updates."""
 
+import json
 import math
 import random
 
@@ -22,8 +23,20 @@ from syntra.learning.meta import MetaBandit
 NAME = "tenants/t/jobs/j/capsules/c"
 
 
+_ENGINES = []
+
+
+@pytest.fixture(autouse=True)
+def _close_engines():
+    """Close what each test opened: a reward wait runs a thread until its engine closes."""
+    yield
+    while _ENGINES:
+        _ENGINES.pop().close()
+
+
 def install(learning, options=("a", "b", "c"), reward=None, seed=1, **kwargs):
     engine = Engine.memory(seed=seed)
+    _ENGINES.append(engine)
     return engine.install(NAME, options=list(options), reward=reward or {"type": "bernoulli"},
                           learning=learning, **kwargs)
 
@@ -656,3 +669,39 @@ def test_concurrent_partial_updates_all_land():
     for t in threads:
         t.join()
     assert cap.learning["meta"]["exploration_floor"] == 0.2 and cap.learning["drift"]["clock"] == 8
+
+
+def test_an_update_that_ends_warmup_is_audited(tmp_path):
+    from syntra.store.records import RecordType
+    from syntra_core.wal_format import scan
+
+    engine = Engine.open(tmp_path / "db", seed=1, durability="none")
+    cap = engine.install(NAME, options=["a", "b"], learning={"warmup": {"feedbacks": 50}})
+    for _ in range(10):
+        cap.feedback(cap.decide("").decision_id, 1.0)
+    cap.update_learning({"warmup": {"feedbacks": 5}})
+    assert cap.lifecycle == "active"
+    engine.close()
+    audits = [json.loads(r.payload) for r in scan(tmp_path / "db" / "wal") if r.rtype == RecordType.AUDIT]
+    assert [a["details"]["event"] for a in audits] == ["warmup_complete"]
+    assert audits[0]["details"]["reward_kind"] == "binary"
+
+
+def test_a_linear_update_the_model_refuses_is_skipped_the_same_way_on_replay(tmp_path):
+    spec = {"algorithm": "linucb", "warmup": {"feedbacks": 0},
+            "contextSpec": {"kind": "features", "features": {"x": {"type": "continuous", "range": [0, 1]}}},
+            "optionFeatures": {"a": [1e6, -1e6], "b": [-1e6, 1e6]},
+            "linear": {"regularization": 1e-6}}
+    engine = Engine.open(tmp_path / "db", seed=1, durability="none")
+    cap = engine.install(NAME, options=["a", "b"], learning=spec)
+    world = random.Random(0)
+    for _ in range(30):
+        d = cap.decide(features={"x": world.random()})
+        cap.feedback(d.decision_id, float(world.random() < 0.5))
+    assert cap.pending == 0
+    digest, skipped = engine.state_digest(), cap.report()["skipped_updates"]
+    assert skipped > 0   # these extremes do make the model refuse
+    engine.close(checkpoint=False)
+    with Engine.open(tmp_path / "db") as reopened:
+        assert reopened.state_digest() == digest
+        assert reopened.capsule(NAME).report()["skipped_updates"] == skipped

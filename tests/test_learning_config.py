@@ -207,7 +207,7 @@ BAD = [
     # linear
     ({"linear": {"alpha": -1}}, "linear.alpha", "in \\[0, "),
     ({"linear": {"v": math.inf}}, "linear.v", "finite"),
-    ({"linear": {"regularization": 0}}, "linear.regularization", "in \\(0, "),
+    ({"linear": {"regularization": 0}}, "linear.regularization", "in \\[1e-06"),
     ({"linear": {"reinvert_every": 0}}, "linear.reinvert_every", "in \\[1, "),
     ({"linear": {"samples": 0}}, "linear.samples", "in \\[1, 100000\\]"),
     ({"linear": {"lambda": 1}}, "linear.lambda", "not a field of linear"),
@@ -241,13 +241,14 @@ BAD = [
     ({"regimes": {"min_floor_bps": 1.5}}, "regimes.min_floor_bps", "integer"),
     ({"regimes": {"max_floor_bps": 20000}}, "regimes.max_floor_bps", "in \\[0, 10000\\]"),
     # feedback
-    ({"feedback": {"reward_wait_seconds": 0, "default_reward": 0}}, "feedback.reward_wait_seconds", "null or > 0"),
+    ({"feedback": {"reward_wait_seconds": 0, "default_reward": 0}}, "feedback.reward_wait_seconds",
+     "null or in \\[0.001"),
     ({"feedback": {"reward_wait_seconds": 5, "default_reward": math.nan}}, "feedback.default_reward", "finite"),
     ({"feedback": {"fusion": "max"}}, "feedback.fusion", "weighted_mean, min, product"),
     ({"feedback": {"signals": {}}}, "feedback.signals", "non-empty object"),
     ({"feedback": {"signals": {"a b": {}}}}, "feedback.signals.a b", "not a valid signal name"),
     ({"feedback": {"signals": {"click": 1}}}, "feedback.signals.click", "must be an object"),
-    ({"feedback": {"signals": {"click": {"weight": 0}}}}, "feedback.signals.click.weight", "> 0"),
+    ({"feedback": {"signals": {"click": {"weight": 0}}}}, "feedback.signals.click.weight", "in \\[1e-06"),
     ({"feedback": {"signals": {"click": {"required": "yes"}}}}, "feedback.signals.click.required", "true or false"),
     ({"feedback": {"signals": {"click": {"priority": 1}}}}, "feedback.signals.click.priority", "not a field"),
     ({"feedback": {"signals": {"click": {"required": False}}}}, "feedback.signals", "at least one required"),
@@ -457,7 +458,7 @@ SECTION_VALUES = {
         "learning_rate": st.none() | st.floats(1e-9, 1e6), "prior_trials": st.integers(0, 10**9)}),
     "warmup": st.fixed_dictionaries({}, optional={"feedbacks": st.integers(0, 10**9)}),
     "linear": st.fixed_dictionaries({}, optional={
-        "alpha": st.floats(0, 1e6), "v": st.floats(0, 1e6), "regularization": st.floats(1e-9, 1e12),
+        "alpha": st.floats(0, 1e6), "v": st.floats(0, 1e6), "regularization": st.floats(1e-6, 1e12),
         "reinvert_every": st.integers(1, 10**6), "samples": st.integers(1, 100_000)}),
     "drift": st.fixed_dictionaries({}, optional={
         "enabled": st.booleans(), "capsule_delta": st.floats(1e-9, 0.999), "context_delta": st.floats(1e-9, 0.999),

@@ -599,7 +599,7 @@ class Capsule:
         done = 0
         while True:
             with self._lock:
-                overdue = self._policy.overdue(now_ns)[:256]
+                overdue = self._policy.overdue(now_ns, 256)
                 learned = [self._expire(sequence, now_ns) for sequence in overdue]
             for item in learned:
                 self._finish_expiry(item)
@@ -692,7 +692,7 @@ class Capsule:
         names = candidate_names(config, self.reward)
         old = self._policy
         policy = Policy(config, self.options, self.reward, old.table, self.config["seed"], self.encoder, names)
-        policy.carry_over(old)
+        events = policy.carry_over(old)
         first = policy.candidates[0]
         self._learner.replace_rule(first.rule if not first.linear else Rule(old.table))
         self._policy = policy
@@ -701,7 +701,7 @@ class Capsule:
         # The config checkpoints rebuild the capsule from (shared with the engine's record
         # of it): it must say what runs now.
         self.config["learning"] = config
-        return {"event": "update_learning", "learning": config}
+        return {"event": "update_learning", "learning": config, "events": events}
 
     # --- replay -------------------------------------------------------------------------------
 
@@ -912,4 +912,9 @@ class DurableCapsule(Capsule):
         if config is not None:
             body["learning"] = config
         self._store.record(RecordType.LEARNING, encode_json(body))
-        return super()._change(action, config)
+        event = super()._change(action, config)
+        for derived in event.get("events", ()):   # an update that ended warmup, say
+            self._store.record(RecordType.AUDIT, encode_json(
+                {"kind": "lifecycle", "capsule": self.name, "uid": self.uid, "details": derived,
+                 "ts_ns": time.time_ns()}))
+        return event

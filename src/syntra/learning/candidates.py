@@ -52,8 +52,9 @@ class Candidate:
     def distribution_into(self, context_key: str, x, seed: int, sequence: int, out) -> None:
         raise NotImplementedError
 
-    def learn(self, arm: int, x, reward: float) -> None:
-        """Learn from a reward the table has not seen (linear models only)."""
+    def learn(self, arm: int, x, scaled_reward: float) -> None:
+        """Learn from a reward the table has not seen (linear models only), scaled to [0, 1]
+        over the capsule's reward range."""
 
     def predict(self, table, context_key: str, x, arm: int) -> float:
         """The reward this rule expects of ``arm``."""
@@ -102,7 +103,13 @@ def table_mean(table, context_key: str, arm: int) -> float:
 
 
 class LinearCandidate(Candidate):
-    """LinUCB or LinTS over the encoded features (disjoint, or shared with option features)."""
+    """LinUCB or LinTS over the encoded features (disjoint, or shared with option features).
+
+    The model learns rewards scaled to [0, 1] over the capsule's reward range, so ``alpha``
+    and ``v`` (widths in reward units of the model) mean the same whatever the range, and
+    a reward anywhere in the range stays far inside the model's limits. Its predictions
+    are mapped back to reward units.
+    """
 
     linear = True
 
@@ -124,11 +131,12 @@ class LinearCandidate(Candidate):
     def distribution_into(self, context_key, x, seed, sequence, out):
         self.rule.distribution_into(x, seed, sequence, out)
 
-    def learn(self, arm, x, reward):
-        self.model.update(arm, x, reward)
+    def learn(self, arm, x, scaled_reward):
+        self.model.update(arm, x, scaled_reward)
 
     def predict(self, table, context_key, x, arm):
-        return float(self.rule.predict(x)[arm])
+        low, high = table.reward_low, table.reward_high
+        return low + (high - low) * float(self.rule.predict(x)[arm])
 
     def reset(self):
         self.model.reset()

@@ -46,6 +46,10 @@ MAX_ACTIONS = 256
 MAX_OPTION_FEATURES = 256
 MAX_OPTION_FEATURE = 1e6      # option features enter x xᵀ sums: keep them well scaled
 MAX_ACTION_MAGNITUDE = 1e12
+# A signal's weight: within a ratio of 1e12 of any other, so the weighted mean neither
+# overflows nor loses a weight to underflow.
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
+MAX_REWARD_WAIT_SECONDS = 1e9
 NAME = re.compile(r"[A-Za-z0-9_-]{1,128}\Z")
 LABEL = re.compile(r".{1,128}\Z", re.DOTALL)
 _COUNT = 1_000_000_000        # the largest count any integer field takes
@@ -229,7 +233,7 @@ def _signals(path: str, value: object) -> Mapping[str, SignalConfig] | None:
         unknown = [key for key in spec if key not in ("weight", "required")]
         if unknown:
             raise _fail(f"{where}.{unknown[0]}", "is not a field of a signal (fields: weight, required)")
-        signals[name] = SignalConfig(Real(0.0, None, low_open=True).check(f"{where}.weight", spec.get("weight", 1.0)),
+        signals[name] = SignalConfig(Real(MIN_WEIGHT, MAX_WEIGHT).check(f"{where}.weight", spec.get("weight", 1.0)),
                                      Boolean().check(f"{where}.required", spec.get("required", True)))
     if not any(s.required for s in signals.values()):
         raise _fail(path, "needs at least one required signal (fusion waits for the required ones)")
@@ -250,7 +254,9 @@ SECTIONS: dict[str, dict[str, Any]] = {
     "linear": {
         "alpha": Real(0.0, 1e6),
         "v": Real(0.0, 1e6),
-        "regularization": Real(0.0, 1e12, low_open=True),
+        # Below ~1e-6 the ridge barely regularises: the first updates' near-singular
+        # matrix makes the model non-finite (and a feedback then fails after its checks).
+        "regularization": Real(1e-6, 1e12),
         "reinvert_every": Integer(1, 1_000_000),
         "samples": Integer(1, 100_000),
     },
@@ -285,7 +291,9 @@ SECTIONS: dict[str, dict[str, Any]] = {
         "max_floor_bps": Integer(0, 10_000),
     },
     "feedback": {
-        "reward_wait_seconds": Real(0.0, None, low_open=True, nullable=True),
+        # At least a millisecond (a shorter wait spins the waiter), at most ~31 years
+        # (a longer one overflows the nanosecond clock arithmetic).
+        "reward_wait_seconds": Real(1e-3, MAX_REWARD_WAIT_SECONDS, nullable=True),
         "default_reward": Real(nullable=True),
         "signals": Open(_signals),
         "fusion": Choice(FUSIONS),

@@ -25,6 +25,7 @@ only. Every transition is returned as an event for the capsule to audit.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,7 @@ from syntra.learning.hierarchy import Hierarchy
 from syntra.learning.drift import Adwin
 from syntra.learning.meta import MetaBandit
 from syntra.learning.refusal import RefusalPolicy
-from syntra.learning.regimes import RegimeMonitor
+from syntra.learning.regimes import MAX_MAGNITUDE as MAX_METRIC_MAGNITUDE, RegimeMonitor
 
 WARMUP, ACTIVE, FROZEN = "warmup", "active", "frozen"
 # Context-scope drift keeps one detector per (context, option): bounded, because a
@@ -160,8 +161,16 @@ class Policy:
         self.hierarchy = (Hierarchy(actions, reward_low=table.reward_low, reward_high=table.reward_high, seed=seed)
                           if actions.kind == "hierarchical" else None)
         self.pending: dict[int, Pending] = {}
-        self.expired: dict[int, int] = {}   # sequence -> ts_ns its default reward was applied
+        # With a reward wait: the pending sequences in decision order, for the overdue scan
+        # (a dict's front, once expired, would be rescanned on every pass). Entries whose
+        # decision is no longer pending are dropped lazily.
+        self._waits = config["feedback"]["reward_wait_seconds"] is not None
+        self._order: deque[int] = deque()
+        # sequence -> ts_ns its default reward was applied; ordered so the oldest is dropped
+        # in O(1) (a dict's front, once deleted from, is rescanned by every next(iter())).
+        self.expired: OrderedDict[int, int] = OrderedDict()
         self.floor_bps: int | None = None
+        self.skipped_updates = 0   # linear updates a model refused (see learn)
         # One decision's arithmetic runs in C (syntra_core.meta): the rules over the shared
         # table are filled there; other candidates (linear models) write their row from here.
         scalar = [isinstance(c, candidate_rules.ScalarCandidate) for c in self.candidates]
@@ -200,10 +209,7 @@ class Policy:
             if name is not None:
                 if metrics is None or name not in metrics:
                     raise InvalidContext(f"metrics.{name} is missing: this capsule's regimes monitor it")
-                value = metrics[name]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise InvalidContext(f"metrics.{name} must be a finite number, got {value!r}")
-                metric = float(value)
+                metric = _metric(name, metrics[name])
             unknown = set(metrics or ()) - ({name} if name else set())
             if unknown:
                 raise InvalidContext(f"unknown metrics {sorted(unknown)}: this capsule monitors {name!r}")
@@ -214,14 +220,15 @@ class Policy:
     def choose(self, sequence: int, context_key: str, x: np.ndarray | None, regime: str | None,
                metric: float | None, ts_ns: int) -> Choice:
         """Choose the option for decision ``sequence``; remember it until its reward."""
-        self.floor_bps = None   # the regime's quality floor for this decision, once known
+        # The regime sees every request's metric, in warmup too (frozen, it only reads its
+        # statistics); its floor gates the mixture once active. First, as nothing may change
+        # before a refusal.
+        frozen = self.lifecycle == FROZEN
+        floor = self.floor_bps = None if self.regimes is None else self._quality_floor(regime, metric, frozen)
         mixer = self._mixer
         mixer.fill(context_key, sequence)
         for index, candidate, seed in self._filled_by_python:
             candidate.distribution_into(context_key, x, seed, sequence, self._probabilities[index])
-        # The regime sees every request's metric, in warmup too; its floor gates the
-        # mixture once active.
-        floor = self.floor_bps = None if self.regimes is None else self._quality_floor(context_key, regime, metric)
         # The policy's own draws come from the stream of (seed, sequence): the option's
         # uniform first, then the serving candidate's.
         if self.lifecycle == WARMUP:
@@ -249,15 +256,18 @@ class Policy:
             key = None if x is not None else context_key
             assessment = self.refusal.assess(prediction, x=x, key=key)
             # Every context counts towards what is "in distribution", refused or not: else a
-            # refused context would stay unseen, and refused, for ever.
-            self.refusal.observe_context(x=x, key=key)
+            # refused context would stay unseen, and refused, for ever. Frozen learns nothing.
+            if not frozen:
+                self.refusal.observe_context(x=x, key=key)
             confidence = assessment.to_dict()
             # Warmup serves every decision: their outcomes are what calibrates the interval.
             refusal = assessment.reason if assessment.refused and self.lifecycle != WARMUP else None
             if refusal is not None:
                 self.refusals[refusal] = self.refusals.get(refusal, 0) + 1
-        if candidate_index >= 0 and refusal is None:
+        if candidate_index >= 0 and refusal is None and not frozen:
             self.meta.served(candidate_index)
+        if self._waits:
+            self._remember_order(sequence)
         self.pending[sequence] = Pending(
             context_key, arm, propensity, mixer.targets(arm), candidate_index,
             None if x is None else x.copy(), prediction, refusal, regime, ts_ns,
@@ -266,11 +276,20 @@ class Policy:
             self.hierarchy is None or self.lifecycle == WARMUP)
         return Choice(arm, propensity, refusal, confidence)
 
-    def _quality_floor(self, context_key: str, regime: str | None, metric: float | None) -> int | None:
+    def _remember_order(self, sequence: int) -> None:
+        order = self._order
+        order.append(sequence)
+        if len(order) > 2 * len(self.pending) + 1024:   # mostly stale: rebuild (amortised O(1))
+            pending = self.pending
+            self._order = deque(s for s in order if s in pending or s == sequence)
+
+    def _quality_floor(self, regime: str | None, metric: float | None, frozen: bool) -> int | None:
         if self.regimes is None:
             return None
         if metric is None:
             return self.regimes.floor(regime)
+        if frozen:
+            return self.regimes.peek(regime, metric).floor_bps
         return self.regimes.assess(regime, metric).floor_bps
 
     def _apply_floor(self, mixture: np.ndarray, context_key: str, floor_bps: int) -> np.ndarray:
@@ -326,8 +345,14 @@ class Policy:
             return []
         scaled = _scaled(self.reward, reward)
         events: list[dict[str, Any]] = []
-        for candidate in self._linear:
-            candidate.learn(entry.arm, entry.x, reward)
+        for candidate in self._linear:   # on the [0, 1] scale, whatever the reward range
+            try:
+                candidate.learn(entry.arm, entry.x, scaled)
+            except ValueError:
+                # The model refuses an update that would make it non-finite (extreme option
+                # features over a tiny regularization). The ledger has settled: skip it here
+                # as replay will, and count it.
+                self.skipped_updates += 1
         if self.hierarchy is not None:
             self.hierarchy.learn(entry.context_key, entry.arm, reward)
         if entry.meta:
@@ -359,7 +384,8 @@ class Policy:
             preferred = {"binary": ("thompson",), "sparse": ("thompson",), "continuous": ("gaussian_thompson",)}[kind]
         names = [c.name for c in self.candidates]
         initial = next((n for n in preferred if n in names), names[0])
-        head_start = self.config["meta"]["prior_trials"] or max(self.warmup_feedbacks, 1)
+        # The warmup's rewards (warmup.feedbacks of them, unless an update ended it early).
+        head_start = self.config["meta"]["prior_trials"] or max(self.trained, 1)
         self.meta = _with_initial(self.meta, initial, head_start)
         self.reward_kind, self.initial_candidate = kind, initial
         self.lifecycle = ACTIVE
@@ -372,9 +398,11 @@ class Policy:
         # ``scaled`` is a float in [0, 1]: past the wrapper's type checks, straight to the
         # compiled detector (which still checks the value).
         if self.capsule_detectors[arm].update_checked(scaled):
-            event = {"event": "drift", "scope": "capsule", "option": self.options[arm],
-                     "sequence": sequence, "from": self.lifecycle, "to": WARMUP}
+            before = self.lifecycle
             self._restart_after_drift()
+            # Back to warmup, or straight on (with fresh statistics) when warmup.feedbacks is 0.
+            event = {"event": "drift", "scope": "capsule", "option": self.options[arm],
+                     "sequence": sequence, "from": before, "to": self.lifecycle}
             self.drift_events.append(event)
             return [event]
         key = (entry.context_key, arm)
@@ -387,6 +415,8 @@ class Policy:
         if not detector.update_checked(scaled):
             return []
         self.table.reset_context(entry.context_key)
+        if self.hierarchy is not None:
+            self._reset_levels(entry.context_key)
         for other in range(len(self.options)):
             found = self.context_detectors.get((entry.context_key, other))
             if found is not None:
@@ -395,6 +425,13 @@ class Policy:
                  "option": self.options[arm], "sequence": sequence}
         self.drift_events.append(event)
         return [event]
+
+    def _reset_levels(self, context_key: str) -> None:
+        """Forget what the hierarchy's levels learned in ``context_key`` (rows keyed
+        ``context|path``; the path holds no ``|``, so the last one splits them exactly)."""
+        for table in self.hierarchy.tables:
+            for key in [k for k in table.contexts if k.rpartition("|")[0] == context_key]:
+                table.reset_context(key)
 
     def _restart_after_drift(self) -> None:
         self.table.reset_all()
@@ -433,23 +470,26 @@ class Policy:
         self.lifecycle = getattr(self, "_thawed", ACTIVE)
         return {"event": "unfreeze", "from": FROZEN, "to": self.lifecycle}
 
-    def carry_over(self, old: Policy) -> None:
+    def carry_over(self, old: Policy) -> list[dict[str, Any]]:
         """Take over what ``old`` (the policy this one replaces) learned and owes, wherever
         this config still fits it: the lifecycle, the pending decisions, and each part's
-        state when its settings did not change."""
+        state when its settings did not change. When the new ``warmup.feedbacks`` is no
+        more than the rewards trained already, warmup ends here as a feedback would have
+        ended it. Returns the lifecycle events this caused, for the capsule to audit."""
         self.lifecycle, self.trained = old.lifecycle, old.trained
         if hasattr(old, "_thawed"):
             self._thawed = old._thawed
-        if self.lifecycle == WARMUP and self.warmup_feedbacks == 0:
-            self.lifecycle = ACTIVE
         self.warmup_rewards, self.reward_kind = old.warmup_rewards, old.reward_kind
         self.initial_candidate = old.initial_candidate
         self.expired, self.drift_events, self.refusals = old.expired, old.drift_events, old.refusals
+        self.skipped_updates = old.skipped_updates
         same_candidates = [c.name for c in self.candidates] == [c.name for c in old.candidates]
         for entry in old.pending.values():
             if not same_candidates:   # its targets are the old candidates' probabilities
                 entry.meta = False
         self.pending = old.pending
+        if self._waits:
+            self._order = old._order if old._waits else deque(self.pending)
         config, previous = self.config, old.config
         if same_candidates and config["meta"] == previous["meta"]:
             self.meta = old.meta
@@ -463,21 +503,54 @@ class Policy:
         if config["regimes"] == previous["regimes"] and old.regimes is not None:
             self.regimes = old.regimes
         self.hierarchy = old.hierarchy   # actions cannot change: the levels are the same
+        warming = self.lifecycle == WARMUP or (self.lifecycle == FROZEN and getattr(self, "_thawed", None) == WARMUP)
+        if not warming or self.trained < self.warmup_feedbacks:
+            return []
+        lifecycle = self.lifecycle
+        if self.trained == 0:   # nothing to characterise: start active as an install would
+            self.initial_candidate, self.lifecycle = self.candidates[0].name, ACTIVE
+            event = {"event": "warmup_complete", "from": WARMUP, "to": ACTIVE, "reward_kind": None,
+                     "initial_candidate": self.initial_candidate, "feedbacks": 0}
+        else:
+            event = self._finish_warmup()
+        if lifecycle == FROZEN:   # it stays frozen, and resumes active
+            self.lifecycle, self._thawed = FROZEN, ACTIVE
+        return [event]
 
     # --- waiting for rewards -------------------------------------------------------------
 
-    def overdue(self, now_ns: int) -> list[int]:
-        """Pending decisions whose reward wait has run out, oldest first."""
+    def overdue(self, now_ns: int, limit: int | None = None) -> list[int]:
+        """Pending decisions whose reward wait has run out, oldest first (at most ``limit``).
+
+        ``pending`` holds decisions in sequence order (insertion order), and their times
+        are non-decreasing unless the wall clock stepped back, so the scan stops at the
+        first decision not yet due: the cost is the number returned, not the number
+        pending. After a backward clock step a decision due already may wait behind an
+        older one that is not: every decision returned is due, in sequence order, and the
+        late one is returned once the one before it is."""
         wait = self.config["feedback"]["reward_wait_seconds"]
-        if wait is None:
+        if wait is None or (limit is not None and limit <= 0):
             return []
-        limit = now_ns - int(wait * 1e9)
-        return sorted(seq for seq, entry in self.pending.items() if entry.ts_ns <= limit)
+        due_by = now_ns - int(wait * 1e9)
+        order, pending = self._order, self.pending
+        while order and order[0] not in pending:   # settled since: forget them
+            order.popleft()
+        out: list[int] = []
+        for sequence in order:
+            entry = pending.get(sequence)
+            if entry is None:
+                continue
+            if entry.ts_ns > due_by:
+                break
+            out.append(sequence)
+            if len(out) == limit:
+                break
+        return out
 
     def expire(self, sequence: int, ts_ns: int) -> None:
         self.expired[sequence] = ts_ns
         while len(self.expired) > MAX_EXPIRED:
-            del self.expired[next(iter(self.expired))]
+            self.expired.popitem(last=False)
 
     # --- reporting and state ---------------------------------------------------------------
 
@@ -490,6 +563,7 @@ class Policy:
             "candidates": self.meta.report(),
             "drift_events": list(self.drift_events),
             "refusals": dict(sorted(self.refusals.items())),
+            "skipped_updates": self.skipped_updates,
         }
         if self.lifecycle == WARMUP:
             out["warmup_remaining"] = max(self.warmup_feedbacks - self.trained, 0)
@@ -515,6 +589,7 @@ class Policy:
             "drift_events": list(self.drift_events),
             "refusal": None if self.refusal is None else self.refusal.export_state(),
             "refusals": dict(sorted(self.refusals.items())),
+            "skipped_updates": self.skipped_updates,
             "regimes": None if self.regimes is None else self.regimes.export_state(),
             "hierarchy": None if self.hierarchy is None else self.hierarchy.export_state(),
             "pending": [entry.export(seq) for seq, entry in sorted(self.pending.items())],
@@ -551,12 +626,29 @@ class Policy:
         if self.refusal is not None and state["refusal"] is not None:
             self.refusal.import_state(state["refusal"])
         self.refusals = dict(state["refusals"])
+        self.skipped_updates = int(state.get("skipped_updates", 0))
         if self.regimes is not None and state["regimes"] is not None:
             self.regimes.import_state(state["regimes"])
         if self.hierarchy is not None:
             self.hierarchy.import_state(state["hierarchy"])
         self.pending = dict(Pending.load(entry) for entry in state["pending"])
-        self.expired = {int(seq): int(ts) for seq, ts in state["expired"]}
+        self._order = deque(self.pending) if self._waits else deque()
+        self.expired = OrderedDict((int(seq), int(ts)) for seq, ts in state["expired"])
+
+
+def _metric(name: str, value: object) -> float:
+    """``metrics.<name>`` as a float, refused here if the regime monitor would refuse it
+    (so a refused decision changes nothing)."""
+    number = math.nan
+    if not isinstance(value, bool) and isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:   # an int beyond any float
+            pass
+    if not -MAX_METRIC_MAGNITUDE <= number <= MAX_METRIC_MAGNITUDE:   # False for NaN
+        raise InvalidContext(f"metrics.{name} must be a finite number with magnitude <= "
+                             f"{MAX_METRIC_MAGNITUDE:g}, got {value!r}")
+    return number
 
 
 def _candidate_seed(seed: int, index: int) -> int:

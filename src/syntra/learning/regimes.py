@@ -162,6 +162,24 @@ def validate_config(config):
     return settings
 
 
+def _checked_metric(metric_value):
+    """``metric_value`` as a float; :class:`RegimeInputError` unless a number of magnitude
+    at most :data:`MAX_MAGNITUDE`."""
+    value = metric_value
+    if type(value) is not float:
+        if type(value) is bool or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise RegimeInputError(f"metric value must be a number, got {metric_value!r}")
+        try:
+            value = float(value)
+        except OverflowError:   # an int beyond any float
+            value = math.inf
+    if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:  # False for NaN
+        raise RegimeInputError(
+            f"metric value must be finite with magnitude <= {MAX_MAGNITUDE:g}, got {metric_value!r}"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class RegimeAssessment:
     """One metric value judged against its regime's history."""
@@ -228,26 +246,10 @@ class RegimeMonitor:
         Returns a :class:`RegimeAssessment`; its ``floor_bps`` is the regime's calibrated
         floor, plus ``anomaly_raise_bps`` when the value is anomalous (at most the maximum).
         """
-        value = metric_value
-        if type(value) is not float:
-            if type(value) is bool or not isinstance(value, (int, float, np.integer, np.floating)):
-                raise RegimeInputError(f"metric value must be a number, got {metric_value!r}")
-            value = float(value)
-        if not -MAX_MAGNITUDE <= value <= MAX_MAGNITUDE:  # False for NaN
-            raise RegimeInputError(
-                f"metric value must be finite with magnitude <= {MAX_MAGNITUDE:g}, got {metric_value!r}"
-            )
+        value = _checked_metric(metric_value)
         stats = self._regime(regime)
+        z, anomalous = self._score(stats, value)
         n = stats.count
-        z = 0.0
-        anomalous = False
-        if n >= self.min_samples:
-            variance = stats.m2 / (n - 1)
-            if variance > 0.0:
-                z = (value - stats.mean) / math.sqrt(variance)
-            elif value != stats.mean:
-                z = math.copysign(math.inf, value - stats.mean)
-            anomalous = abs(z) > self.z_threshold
         # Welford's update, after the score
         n += 1
         delta = value - stats.mean
@@ -256,9 +258,41 @@ class RegimeMonitor:
         stats.count = n
         if anomalous:
             stats.anomalies += 1
+        return self._verdict(regime, stats.floor, z, anomalous)
+
+    def peek(self, regime, metric_value):
+        """What :meth:`assess` would return, without adding the value to any history (nor
+        creating the regime): for a capsule that serves but learns nothing (frozen).
+
+        >>> monitor = RegimeMonitor({"enabled": True, "metric": "latency_ms", "min_samples": 2})
+        >>> monitor.peek("eu", 100.0).floor_bps, monitor.regimes
+        (5000, ())
+        """
+        value = _checked_metric(metric_value)
+        if type(regime) is not str:
+            raise RegimeInputError(f"regime must be a string, got {regime!r}")
+        stats = self._regimes.get(regime)
+        if stats is None:
+            return self._verdict(regime, self.day_one_floor_bps, 0.0, False)
+        z, anomalous = self._score(stats, value)
+        return self._verdict(regime, stats.floor, z, anomalous)
+
+    def _score(self, stats, value):
+        """(z-score, anomalous) of ``value`` against ``stats`` as they are."""
+        n = stats.count
+        if n < self.min_samples:
+            return 0.0, False
+        z = 0.0
+        variance = stats.m2 / (n - 1)
+        if variance > 0.0:
+            z = (value - stats.mean) / math.sqrt(variance)
+        elif value != stats.mean:
+            z = math.copysign(math.inf, value - stats.mean)
+        return z, abs(z) > self.z_threshold
+
+    def _verdict(self, regime, floor, z, anomalous):
         if not self.enabled:
             return RegimeAssessment(regime, z, anomalous, self.day_one_floor_bps)
-        floor = stats.floor
         if anomalous:
             floor = min(floor + self.anomaly_raise_bps, self.max_floor_bps)
         return RegimeAssessment(regime, z, anomalous, floor)

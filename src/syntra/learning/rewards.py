@@ -45,6 +45,9 @@ from syntra.errors import InvalidConfig, InvalidReward
 # Rewards are summed in float64: bounding them keeps sums and squares finite.
 MAX_REWARD_MAGNITUDE = 1e12
 MAX_COMPONENTS = 64
+# A component's weight: within a ratio of 1e12 of any other, so the weighted mean neither
+# overflows nor loses a weight to underflow.
+MIN_WEIGHT, MAX_WEIGHT = 1e-6, 1e6
 REWARD_TYPES = ("bernoulli", "continuous", "sparse")
 NORMALIZERS = ("minmax", "budget")
 FUSIONS = ("weighted_mean", "min", "product")
@@ -121,8 +124,9 @@ def _parse_component(where: str, name: str, spec: object) -> RewardComponent:
     if not isinstance(spec, Mapping):
         raise InvalidConfig(f"{where} must be an object, got {type(spec).__name__}")
     weight = _positive(spec.get("weight"))
-    if weight is None:
-        raise InvalidConfig(f"{where}.weight must be a finite number > 0, got {spec.get('weight')!r}")
+    if weight is None or not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+        raise InvalidConfig(f"{where}.weight must be a finite number in [{MIN_WEIGHT:g}, {MAX_WEIGHT:g}],"
+                            f" got {spec.get('weight')!r}")
     normalize = spec.get("normalize")
     if normalize not in NORMALIZERS:
         raise InvalidConfig(f"{where}.normalize must be 'minmax' or 'budget', got {normalize!r}")
