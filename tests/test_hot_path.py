@@ -106,8 +106,10 @@ def test_c_loop_allocates_nothing_per_round():
         finally:
             tracemalloc.stop()
 
-    small, large = peak(1_000), peak(200_000)
-    assert large - small < 1024, (small, large)
+    # tracemalloc sees every thread's allocations (pytest-xdist's own included): the least
+    # growth of three tries is the loop's.
+    growth = min(peak(200_000) - peak(1_000) for _ in range(3))
+    assert growth < 1024, growth
 
 
 def test_completed_decisions_free_their_memory():

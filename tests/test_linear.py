@@ -281,7 +281,9 @@ def test_c_loop_allocates_nothing_per_round():
         finally:
             tracemalloc.stop()
 
-    assert peak(20_000) - peak(100) < 1024
+    # tracemalloc sees every thread's allocations (pytest-xdist's own included): the least
+    # growth of three tries is the loop's.
+    assert min(peak(20_000) - peak(100) for _ in range(3)) < 1024
 
 
 @pytest.mark.parametrize("kwargs,error,message", [

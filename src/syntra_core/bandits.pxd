@@ -21,6 +21,9 @@ cpdef enum UpdateStatus:
     UPDATE_NOT_BINARY = 4
 
 
+cdef int checked_arm(object arm, int n_arms) except -1
+
+
 cdef class ArmTable:
     cdef readonly int n_arms
     cdef readonly double reward_low

@@ -92,7 +92,11 @@ cdef UpdateStatus _reward_status(ArmTable table, double reward) noexcept nogil:
     return UPDATE_OK
 
 
-cdef int _arm_index(ArmTable table, object arm) except -1:
+cdef int checked_arm(object arm, int n_arms) except -1:
+    """``arm`` as an index in ``0..n_arms-1``: TypeError for a non-integer (bools too),
+    ValueError out of range. Shared by every module that takes arms from Python."""
+    if type(arm) is int and 0 <= arm < n_arms:  # the common case, cheaply
+        return arm
     # operator.index refuses floats, so 1.5 is never truncated to arm 1; a bool is a
     # Python int, but as an arm it is a bug in the caller.
     if isinstance(arm, (bool, np.bool_)):
@@ -101,8 +105,8 @@ cdef int _arm_index(ArmTable table, object arm) except -1:
         index = operator.index(arm)
     except TypeError:
         raise TypeError(f"arm must be an integer, got {type(arm).__name__} {arm!r}") from None
-    if not 0 <= index < table.n_arms:
-        raise ValueError(f"arm {index} out of range 0..{table.n_arms - 1}")
+    if not 0 <= index < n_arms:
+        raise ValueError(f"arm {index} out of range 0..{n_arms - 1}")
     return index
 
 
@@ -237,7 +241,7 @@ cdef class ArmTable:
         arm is out of range or the reward is invalid. A refused update changes nothing: it
         does not even create the row of a new context.
         """
-        cdef int index = _arm_index(self, arm)
+        cdef int index = checked_arm(arm, self.n_arms)
         check_update(_reward_status(self, reward), self, index, reward)
         cdef Py_ssize_t row = self.row_for(key)
         check_update(self.update_c(row, index, reward), self, index, reward)

@@ -65,6 +65,7 @@ from libc.math cimport exp, fabs, isfinite, sqrt, INFINITY
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
+from syntra_core.bandits cimport checked_arm
 from syntra_core.rng cimport Stream, stream_init, next_double, next_below, std_normal
 
 from collections.abc import Mapping
@@ -142,20 +143,6 @@ cdef const double[::1] _context(LinearModel model, object x) except *:
         if fabs(value) > _FEATURE_LIMIT:
             raise ValueError(f"x[{i}] = {value!r} exceeds the feature limit {FEATURE_LIMIT:g} in magnitude")
     return view
-
-
-cdef int _arm_index(LinearModel model, object arm) except -1:
-    if type(arm) is int and 0 <= arm < model.n_arms:  # the common case, cheaply
-        return arm
-    if isinstance(arm, (bool, np.bool_)):
-        raise TypeError(f"arm must be an integer, got {arm!r}")
-    try:
-        index = operator.index(arm)
-    except TypeError:
-        raise TypeError(f"arm must be an integer, got {type(arm).__name__} {arm!r}") from None
-    if not 0 <= index < model.n_arms:
-        raise ValueError(f"arm {index} out of range 0..{model.n_arms - 1}")
-    return index
 
 
 cdef double _checked_reward(object reward) except? -1.0:
@@ -435,7 +422,7 @@ cdef class LinearModel:
         wrong length, or a non-finite or too large feature or reward. A refused update
         changes nothing.
         """
-        cdef int index = _arm_index(self, arm)
+        cdef int index = checked_arm(arm, self.n_arms)
         cdef const double[::1] features = _context(self, x)
         cdef double value = _checked_reward(reward)
         cdef LinearStatus status = self.update_c(index, &features[0], value)
