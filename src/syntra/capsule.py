@@ -220,6 +220,10 @@ def _plain_inputs(values: Mapping[str, Any] | None, what: str) -> dict[str, Any]
     for name, value in values.items():
         if not isinstance(name, str):
             raise InvalidContext(f"{what} names must be strings, got {name!r}")
+        kind = type(value)
+        if kind is float or kind is str or kind is bool or kind is int:   # already plain
+            out[name] = value
+            continue
         if isinstance(value, np.generic):
             value = value.item()
         if isinstance(value, numbers.Real) and not isinstance(value, int):   # Fraction, Decimal

@@ -80,6 +80,8 @@ def _fail(prefix: str, path: str, message: str) -> InvalidConfig:
 
 def _finite(value: object) -> float | None:
     """``value`` as a finite float, or None if it is not a real, finite number (bools aren't)."""
+    if type(value) is float:   # the common case, without the abstract-class checks
+        return value if math.isfinite(value) else None
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return None
     try:
@@ -341,7 +343,16 @@ class ContextEncoder:
         if not (isinstance(out, np.ndarray) and out.dtype == np.float64 and out.shape == (self.dim,)
                 and out.flags.writeable):
             raise ValueError(f"out must be a writable float64 array of shape ({self.dim},)")
+        self._write(self._checked(features), out)
+
+    def encode_with_regime(self, features: Mapping[str, Any]) -> tuple[np.ndarray, str]:
+        """:meth:`encode` and :meth:`regime_key` at once, checking the features once."""
         values = self._checked(features)
+        out = np.empty(self.dim, dtype=np.float64)
+        self._write(values, out)
+        return out, self._regime(values)
+
+    def _write(self, values: list, out: np.ndarray) -> None:
         for (feature, code, offset, _), value in zip(self._plan, values):
             if code == _CONTINUOUS or code == _BOOLEAN:
                 out[offset] = value
@@ -364,7 +375,9 @@ class ContextEncoder:
         period ``q0``..``q3``. A key longer than 256 characters becomes ``regime:`` and
         the BLAKE2b-128 hex digest of it.
         """
-        values = self._checked(features)
+        return self._regime(self._checked(features))
+
+    def _regime(self, values: list) -> str:
         parts = []
         for (feature, code, _, _), value in zip(self._plan, values):
             if code == _CATEGORICAL:

@@ -197,9 +197,10 @@ class Policy:
         if self.features is not None:
             if features is None:
                 raise InvalidContext("this capsule decides from features: pass features={...}")
-            x = self.encoder.encode(features)
-            if not context_key:
-                context_key = self.encoder.regime_key(features)
+            if context_key:
+                x = self.encoder.encode(features)
+            else:
+                x, context_key = self.encoder.encode_with_regime(features)
         elif features is not None:
             raise InvalidContext("this capsule's contextSpec is discrete: it takes a context key, not features")
         regime = metric = None
