@@ -200,6 +200,16 @@ def _merged(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
+def checked_learning(parsed: LearningConfig, options: tuple[str, ...], reward: RewardSpec) -> dict[str, Any]:
+    """A parsed learning config as a capsule with ``options`` and ``reward`` runs it (the
+    full config as JSON), once its option names, reward and rule settings are checked."""
+    parsed.check_options(options)
+    parsed.check_reward(reward)
+    config = parsed.to_dict()
+    check_rule_settings(config, len(options))
+    return config
+
+
 def check_rule_settings(learning: Mapping[str, Any], n_options: int) -> None:
     """Check a learning config's ``settings`` against the rule they are for: the fixed
     algorithm, or auto's single candidate."""
@@ -666,11 +676,7 @@ class Capsule:
     def _checked_learning(self, learning: Mapping[str, Any]) -> dict[str, Any]:
         if not isinstance(learning, Mapping):
             raise InvalidConfig(f"learning config must be a mapping, got {type(learning).__name__}")
-        parsed = LearningConfig.parse(_merged(self.learning, learning))
-        parsed.check_options(self.options)
-        parsed.check_reward(self.reward)
-        config = parsed.to_dict()
-        check_rule_settings(config, len(self.options))
+        config = checked_learning(LearningConfig.parse(_merged(self.learning, learning)), self.options, self.reward)
         for fixed in ("contextSpec", "actions", "optionFeatures"):
             if config[fixed] != self.learning[fixed]:
                 raise InvalidConfig(f"learning.json: {fixed} cannot change on an installed capsule"

@@ -51,7 +51,7 @@ from syntra.capsule import (
     RewardSpec,
     _check_options,
     _check_settings,
-    check_rule_settings,
+    checked_learning,
 )
 from syntra.errors import (
     CapsuleExists,
@@ -86,12 +86,12 @@ def _derive(label: bytes, *parts: bytes, size: int) -> bytes:
 _log = logging.getLogger("syntra.engine")
 
 
-def _action_options(learning: Mapping[str, Any], options: Iterable[str] | None) -> tuple[str, ...]:
+def _action_options(actions, options: Iterable[str] | None) -> tuple[str, ...]:
     """The options an action shape generates (continuous buckets, hierarchical leaves);
     ``options``, if given too, must be exactly those."""
-    generated = tuple(LearningConfig.parse(learning).actions.options())
+    generated = tuple(actions.options())
     if options is not None and tuple(options) != generated:
-        raise InvalidConfig(f"learning.json: actions of kind {learning['actions']['kind']!r} generate the"
+        raise InvalidConfig(f"learning.json: actions of kind {actions.kind!r} generate the"
                             f" options {list(generated)[:8]}...; pass no options (or exactly those)")
     return generated
 
@@ -365,20 +365,17 @@ class Engine:
         """
         parsed = CapsuleName.parse(name)
         spec = RewardSpec.parse(reward)
-        learning_config = self._learning_config(learning, algorithm, settings)
-        if learning_config is not None and learning_config["actions"]["kind"] != "discrete":
-            options = _action_options(learning_config, options)
+        parsed_learning = self._learning_config(learning, algorithm, settings)
+        if parsed_learning is not None and parsed_learning.actions.kind != "discrete":
+            options = _action_options(parsed_learning.actions, options)
         option_names = _check_options(options)
-        algorithm = algorithm or (learning_config["algorithm"] if learning_config else "thompson")
-        if learning_config is None:
+        learning_config = None
+        if parsed_learning is None:
+            algorithm = algorithm or "thompson"
             settings = _check_settings(algorithm, settings, len(option_names))
-        else:   # checked with the learning config, against the rule they are for
-            settings = dict(learning_config["settings"])
-        if learning_config is not None:
-            parsed_learning = LearningConfig.parse(learning_config)
-            parsed_learning.check_options(option_names)
-            parsed_learning.check_reward(spec)
-            check_rule_settings(learning_config, len(option_names))
+        else:   # the settings are checked with the learning config, against their rule
+            learning_config = checked_learning(parsed_learning, option_names, spec)
+            algorithm, settings = learning_config["algorithm"], dict(learning_config["settings"])
         budget_spec = BudgetSpec.parse(budget, option_names)
         if (limits is not None or policy is not None or context is not None) and lyc is None:
             raise InvalidConfig("limits, policy and context belong to a program: they need lyc")
@@ -425,8 +422,8 @@ class Engine:
         return capsule
 
     @staticmethod
-    def _learning_config(learning, algorithm, settings) -> dict[str, Any] | None:
-        """The full learning config an install asks for, or None for a plain rule."""
+    def _learning_config(learning, algorithm, settings) -> LearningConfig | None:
+        """The learning config an install asks for (parsed), or None for a plain rule."""
         if learning is None:
             return None
         if not isinstance(learning, Mapping):
@@ -436,7 +433,7 @@ class Engine:
             merged["algorithm"] = algorithm
         if settings is not None:
             merged["settings"] = dict(settings)
-        return LearningConfig.parse(merged).to_dict()
+        return LearningConfig.parse(merged)
 
     def _start_waiter(self) -> None:
         with self._waiter_lock:

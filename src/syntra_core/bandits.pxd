@@ -22,6 +22,7 @@ cpdef enum UpdateStatus:
 
 
 cdef int checked_arm(object arm, int n_arms) except -1
+cdef int pick_among_best(const double* scores, int n, double best, int ties, Stream* st) noexcept nogil
 
 
 cdef class ArmTable:

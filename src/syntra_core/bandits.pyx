@@ -92,6 +92,19 @@ cdef UpdateStatus _reward_status(ArmTable table, double reward) noexcept nogil:
     return UPDATE_OK
 
 
+cdef int pick_among_best(const double* scores, int n, double best, int ties, Stream* st) noexcept nogil:
+    """Uniformly one of the ``ties`` arms whose score is ``best``: one bounded draw, none
+    when a single arm is best."""
+    cdef int k
+    cdef int pick = <int>next_below(st, <uint64_t>ties) if ties > 1 else 0
+    for k in range(n):
+        if scores[k] == best:
+            if pick == 0:
+                return k
+            pick -= 1
+    return 0
+
+
 cdef int checked_arm(object arm, int n_arms) except -1:
     """``arm`` as an index in ``0..n_arms-1``: TypeError for a non-integer (bools too),
     ValueError out of range. Shared by every module that takes arms from Python."""
@@ -785,16 +798,8 @@ cdef class UCB1(Rule):
         cdef double scores[ARM_CAPACITY]
         cdef double best_score
         cdef int ties = self.scores(row, scores, &best_score)
-        cdef int k, chosen = 0
-        cdef int pick = <int>next_below(st, <uint64_t>ties) if ties > 1 else 0
-        for k in range(self.table.n_arms):
-            if scores[k] == best_score:
-                if pick == 0:
-                    chosen = k
-                    break
-                pick -= 1
         propensity[0] = 1.0 / ties
-        return chosen
+        return pick_among_best(scores, self.table.n_arms, best_score, ties, st)
 
 
 cdef class EpsilonGreedy(Rule):

@@ -67,4 +67,5 @@ cdef class Learner:
     cdef void format_id(self, uint64_t sequence, char* out) noexcept nogil
     cdef uint64_t parse_id(self, str decision_id, bint* ok)
     cdef FeedbackStatus locate(self, str decision_id, uint64_t* sequence)
+    cdef FeedbackStatus pending_entry(self, uint64_t sequence, LedgerEntry** entry) noexcept nogil
     cdef FeedbackStatus apply_feedback(self, uint64_t sequence, double reward) noexcept nogil

@@ -256,13 +256,10 @@ cdef class Learner:
         Same statuses as :meth:`feedback`; anything but FEEDBACK_OK changes nothing."""
         if train:
             return self.apply_feedback(sequence, reward)
-        if sequence >= self.next_sequence:
-            return FEEDBACK_UNKNOWN
-        if sequence < self.base_sequence:
-            return FEEDBACK_DUPLICATE
-        cdef LedgerEntry* entry = self.entries + self.head + (sequence - self.base_sequence)
-        if entry.state == ENTRY_DONE:
-            return FEEDBACK_DUPLICATE
+        cdef LedgerEntry* entry
+        cdef FeedbackStatus found = self.pending_entry(sequence, &entry)
+        if found != FEEDBACK_OK:
+            return found
         cdef UpdateStatus status = self.table.check_reward(reward)
         if status != 0:
             return <FeedbackStatus><int>status
@@ -401,21 +398,29 @@ cdef class Learner:
         cdef FeedbackStatus status = self.locate(decision_id, &sequence)
         if status != FEEDBACK_OK:
             return status
-        if sequence >= self.next_sequence:
-            return FEEDBACK_UNKNOWN
-        if (sequence < self.base_sequence
-                or self.entries[self.head + (sequence - self.base_sequence)].state == ENTRY_DONE):
-            return FEEDBACK_DUPLICATE
+        cdef LedgerEntry* entry
+        status = self.pending_entry(sequence, &entry)
+        if status != FEEDBACK_OK:
+            return status
         return <FeedbackStatus><int>self.table.check_reward(reward)
 
-    cdef FeedbackStatus apply_feedback(self, uint64_t sequence, double reward) noexcept nogil:
+    cdef FeedbackStatus pending_entry(self, uint64_t sequence, LedgerEntry** entry) noexcept nogil:
+        """FEEDBACK_OK with ``entry`` set if decision ``sequence`` awaits feedback; else
+        FEEDBACK_UNKNOWN (never made) or FEEDBACK_DUPLICATE (completed)."""
         if sequence >= self.next_sequence:
             return FEEDBACK_UNKNOWN
         if sequence < self.base_sequence:
             return FEEDBACK_DUPLICATE
-        cdef LedgerEntry* entry = self.entries + self.head + (sequence - self.base_sequence)
-        if entry.state == ENTRY_DONE:
+        entry[0] = self.entries + self.head + (sequence - self.base_sequence)
+        if entry[0].state == ENTRY_DONE:
             return FEEDBACK_DUPLICATE
+        return FEEDBACK_OK
+
+    cdef FeedbackStatus apply_feedback(self, uint64_t sequence, double reward) noexcept nogil:
+        cdef LedgerEntry* entry
+        cdef FeedbackStatus found = self.pending_entry(sequence, &entry)
+        if found != FEEDBACK_OK:
+            return found
         cdef UpdateStatus status = self.table.update_c(entry.row, entry.arm, reward)
         if status != 0:
             return <FeedbackStatus><int>status

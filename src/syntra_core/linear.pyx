@@ -27,8 +27,8 @@ Rules read the model and never write it, so several rules can share one model:
   ``theta^T phi + alpha * sqrt(phi^T A^-1 phi)``; ties are broken uniformly at random and
   the propensity says so.
 * :class:`LinTS` is Thompson sampling with linear payoffs (Agrawal and Goyal, 2013,
-  "Thompson Sampling for Contextual Bandits with Linear Payoffs"): each arm's score is drawn
-  from its marginal posterior ``N(theta^T phi, v^2 phi^T A^-1 phi)``, which needs no matrix
+  "Thompson Sampling for Contextual Bandits with Linear Payoffs"): each arm's score is a
+  draw of its marginal posterior ``N(theta^T phi, v^2 phi^T A^-1 phi)``, which needs no matrix
   factorisation per decision. As in :class:`~syntra_core.bandits.BetaThompson`, the play
   probabilities are computed by Monte Carlo over ``samples`` joint draws and the arm is
   drawn from them, with an exploration floor: an arm that won ``wins_k`` draws is played
@@ -65,7 +65,7 @@ from libc.math cimport exp, fabs, isfinite, sqrt, INFINITY
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
-from syntra_core.bandits cimport checked_arm
+from syntra_core.bandits cimport checked_arm, pick_among_best
 from syntra_core.rng cimport Stream, stream_init, next_double, next_below, std_normal
 
 from collections.abc import Mapping
@@ -703,21 +703,12 @@ cdef class LinUCB(LinearRule):
         cdef int ties = self.best_arms(x)
         cdef int n = self.model.n_arms
         cdef double best = -INFINITY
-        cdef int k, chosen = 0, pick
+        cdef int k
         for k in range(n):
             if self._scores[k] > best:
                 best = self._scores[k]
-                chosen = k
-        if ties > 1:  # the pick-th of the tied arms, uniformly
-            pick = <int>next_below(st, <uint64_t>ties)
-            for k in range(n):
-                if self._scores[k] == best:
-                    if pick == 0:
-                        chosen = k
-                        break
-                    pick -= 1
         propensity[0] = 1.0 / ties
-        return chosen
+        return pick_among_best(self._scores, n, best, ties, st)
 
 
 cdef class LinTS(LinearRule):
