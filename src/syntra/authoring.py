@@ -30,6 +30,10 @@ values, ``boolean``). The directory records all of it. ``Engine.install_dir`` in
 what this engine runs (thompson or ucb1, no exploration floor, a discrete context, a
 bernoulli or continuous reward without components) and refuses the rest, naming the file.
 
+A spec sent over the wire (gRPC's InstallCapsule) has no directory: ``install_arguments``
+checks and compiles it in memory, its program inline, and returns the ``Engine.install``
+arguments the directory would have given.
+
 An error names the YAML path of the field at fault (``reward.range[1]``, ``options[2]``).
 A ``policy.json`` beside the spec is copied into the directory, under the manifest's
 digests like every other file.
@@ -40,6 +44,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,53 +77,36 @@ class AuthoringError(SyntraError, ValueError):
         self.path = path
 
 
+@dataclass(frozen=True)
+class _Compiled:
+    """A checked spec with its program compiled: what a capsule directory holds."""
+
+    name: str
+    version: str
+    options: list[str]
+    source: str
+    lyc: bytes
+    learning: dict[str, Any]   # learning.json: algorithm, settings, learning, contextSpec, limits
+    reward: dict[str, Any]     # reward_spec.json
+
+
 def author(spec_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     """Check the spec at ``spec_path``, compile its program and write the capsule directory
     ``out_dir``; returns the manifest."""
     spec_path = Path(spec_path)
     try:
-        spec = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+        text = spec_path.read_text(encoding="utf-8")
     except OSError as exc:
         raise AuthoringError("", f"cannot read {spec_path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise AuthoringError("", f"{spec_path} is not valid YAML: {exc}") from None
-    if not isinstance(spec, dict):
-        raise AuthoringError("", f"{spec_path} must hold a mapping of fields")
-    for key in spec:
-        if key not in _FIELDS:
-            raise AuthoringError(str(key), f"unknown field (known: {', '.join(sorted(_FIELDS))})")
-    name = _required(spec, "name", str)
-    if not _NAME.match(name):
-        raise AuthoringError("name", f"must be 1-128 of [A-Za-z0-9_-], got {name!r}")
-    version = spec.get("version", "0")
-    if not isinstance(version, (str, int)) or isinstance(version, bool):
-        raise AuthoringError("version", f"must be a string or an integer, got {version!r}")
-    options = _options(spec.get("options"))
-    source = _source(spec, spec_path.parent)
-    try:
-        compiled = lycan.compile_bytes(source)
-    except lycan.LycanError as exc:
-        raise AuthoringError("program", str(exc)) from None
-    program = lycan.load(compiled)
-    if len(program.choices) != 1 or program.choices[0].options != len(options):
-        found = [c.options for c in program.choices]
-        raise AuthoringError("program", f"needs one choice node with {len(options)} options (one per entry of "
-                                        f"options), has choice nodes with {found}")
-    learning = {
-        "algorithm": _algorithm(spec.get("algorithm", "thompson")),
-        "settings": _mapping(spec, "settings"),
-        "learning": _learning(spec.get("learning")),
-        "contextSpec": _context_spec(spec.get("contextSpec")),
-        "limits": _limits(spec.get("limits")),
-    }
-    reward = _reward(spec.get("reward", {"type": "bernoulli"}))
+    spec = _compile(_parse(text, str(spec_path)), spec_path.parent)
     contents = {
-        "program.lycs": source.encode(),
-        "program.lyc": compiled,
-        "learning.json": _json(learning),
-        "reward_spec.json": _json(reward),
+        "program.lycs": spec.source.encode(),
+        "program.lyc": spec.lyc,
+        "learning.json": _json(spec.learning),
+        "reward_spec.json": _json(spec.reward),
     }
-    manifest = {"name": name, "version": str(version), "options": options, "lycan_format": lycan.__version__,
+    manifest = {"name": spec.name, "version": spec.version, "options": spec.options,
+                "lycan_format": lycan.__version__,
                 "files": {f: blake3.blake3(contents[f]).hexdigest() for f in FILES}}
     policy = spec_path.parent / POLICY
     if policy.is_file():
@@ -135,6 +123,84 @@ def author(spec_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
     manifest_bytes = _json(manifest)
     write_atomically(out_dir / MANIFEST, lambda file: file.write(manifest_bytes))
     return manifest
+
+
+def install_arguments(spec_text: str, *, policy: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The spec's name and the ``Engine.install`` arguments of the capsule YAML
+    ``spec_text`` (a spec sent over the wire), compiled in memory: what installing the
+    directory ``author`` would write gives, with ``policy`` as its I/O policy. The program
+    must be inline (``program: |``); ``program_file`` is refused, as there is no directory
+    to read it from."""
+    if not isinstance(spec_text, str):
+        raise AuthoringError("", f"the spec must be YAML text, got {type(spec_text).__name__}")
+    spec = _compile(_parse(spec_text, "the spec"), None)
+    # Through JSON, as the directory's files are: the two installs are the same.
+    learning = json.loads(_json(spec.learning))
+    return spec.name, _arguments(spec.options, spec.lyc, json.loads(_json(spec.reward)), learning, policy)
+
+
+def _parse(text: str, source: str) -> dict[str, Any]:
+    """The fields of spec ``text`` (``source`` names it in errors), unknown ones refused."""
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise AuthoringError("", f"{source} is not valid YAML: {exc}") from None
+    if not isinstance(spec, dict):
+        raise AuthoringError("", f"{source} must hold a mapping of fields")
+    for key in spec:
+        if key not in _FIELDS:
+            raise AuthoringError(str(key), f"unknown field (known: {', '.join(sorted(_FIELDS))})")
+    return spec
+
+
+def _compile(spec: Mapping[str, Any], base: Path | None) -> _Compiled:
+    """Check every field of ``spec`` and compile its program (``program_file`` relative to
+    ``base``; with no base, only an inline program)."""
+    name = _required(spec, "name", str)
+    if not _NAME.match(name):
+        raise AuthoringError("name", f"must be 1-128 of [A-Za-z0-9_-], got {name!r}")
+    version = spec.get("version", "0")
+    if not isinstance(version, (str, int)) or isinstance(version, bool):
+        raise AuthoringError("version", f"must be a string or an integer, got {version!r}")
+    options = _options(spec.get("options"))
+    source = _source(spec, base)
+    try:
+        compiled = lycan.compile_bytes(source)
+    except lycan.LycanError as exc:
+        raise AuthoringError("program", str(exc)) from None
+    program = lycan.load(compiled)
+    if len(program.choices) != 1 or program.choices[0].options != len(options):
+        found = [c.options for c in program.choices]
+        raise AuthoringError("program", f"needs one choice node with {len(options)} options (one per entry of "
+                                        f"options), has choice nodes with {found}")
+    learning = {
+        "algorithm": _algorithm(spec.get("algorithm", "thompson")),
+        "settings": _settings(spec),
+        "learning": _learning(spec.get("learning")),
+        "contextSpec": _context_spec(spec.get("contextSpec")),
+        "limits": _limits(spec.get("limits")),
+    }
+    reward = _reward(spec.get("reward", {"type": "bernoulli"}))
+    return _Compiled(name, str(version), options, source, compiled, learning, reward)
+
+
+def _arguments(options: list[str], lyc: bytes, reward: Any, learning: dict[str, Any],
+               policy: Any) -> dict[str, Any]:
+    """``Engine.install``'s arguments for a compiled capsule and its learning.json."""
+    context = learning.get("contextSpec")
+    arguments = {
+        "options": options,
+        "lyc": lyc,
+        "reward": reward,
+        "learning": {k: v for k, v in learning.items() if k != "limits"},
+        "limits": learning.get("limits"),
+        # The program reads a discrete context's key from its input; features go to the
+        # learning layer.
+        "context": context if isinstance(context, dict) and context.get("kind") == "discrete" else None,
+    }
+    if policy is not None:
+        arguments["policy"] = policy
+    return arguments
 
 
 def read_capsule_dir(path: str | Path) -> dict[str, Any]:
@@ -158,20 +224,8 @@ def read_capsule_dir(path: str | Path) -> dict[str, Any]:
     learning = _read_json(path, "learning.json")
     if not isinstance(learning, dict):
         raise AuthoringError("learning.json", "must be a JSON object")
-    context = learning.get("contextSpec")
-    arguments = {
-        "options": manifest["options"],
-        "lyc": (path / "program.lyc").read_bytes(),
-        "reward": _read_json(path, "reward_spec.json"),
-        "learning": {k: v for k, v in learning.items() if k != "limits"},
-        "limits": learning.get("limits"),
-        # The program reads a discrete context's key from its input; features go to the
-        # learning layer.
-        "context": context if isinstance(context, dict) and context.get("kind") == "discrete" else None,
-    }
-    if POLICY in digests:
-        arguments["policy"] = _read_json(path, POLICY)
-    return arguments
+    return _arguments(manifest["options"], (path / "program.lyc").read_bytes(), _read_json(path, "reward_spec.json"),
+                      learning, _read_json(path, POLICY) if POLICY in digests else None)
 
 
 def _read_json(directory: Path, filename: str) -> Any:
@@ -206,11 +260,14 @@ def _options(value: object) -> list[str]:
     return value
 
 
-def _source(spec: Mapping, base: Path) -> str:
+def _source(spec: Mapping, base: Path | None) -> str:
     if ("program" in spec) == ("program_file" in spec):
         raise AuthoringError("program", "give exactly one of program (the source) and program_file")
     if "program" in spec:
         return _required(spec, "program", str)
+    if base is None:
+        raise AuthoringError("program_file", "a spec sent without its directory must hold its program inline"
+                                             " (program: |)")
     relative = _required(spec, "program_file", str)
     try:
         return (base / relative).read_text(encoding="utf-8")
@@ -236,10 +293,14 @@ def _learning(value: object) -> dict[str, Any]:
     return {"min_exploration": float(floor)}
 
 
-def _mapping(spec: Mapping, key: str) -> dict[str, Any]:
-    value = spec.get(key, {})
+def _settings(spec: Mapping) -> dict[str, Any]:
+    """The rule's settings: names to numbers (the engine checks which, against the rule)."""
+    value = spec.get("settings", {})
     if not isinstance(value, dict):
-        raise AuthoringError(key, f"must be a mapping, got {value!r}")
+        raise AuthoringError("settings", f"must be a mapping, got {value!r}")
+    for key, setting in value.items():
+        if not isinstance(key, str) or isinstance(setting, bool) or not isinstance(setting, (int, float)):
+            raise AuthoringError(f"settings.{key}", f"must be a number, got {setting!r}")
     return value
 
 

@@ -9,7 +9,10 @@ pass in and are shared with the simulator.
 
 from __future__ import annotations
 
+import base64
+import bisect
 import json
+import math
 import numbers
 import threading
 import time
@@ -31,16 +34,22 @@ from syntra_core.bandits import (
     Rule,
     Softmax,
 )
+from syntra_core.budget import BudgetError
 from syntra_core.learner import Decision, FeedbackStatus, Learner, with_assessment
 
 from syntra.budget.gate import BudgetSpec, CapsuleBudget, learned_quality_bps
 from syntra.program import ProgramSpec, run_decision
 from syntra.errors import (
     DuplicateFeedback,
+    FailedPrecondition,
     FeedbackExpired,
+    InvalidArgument,
     InvalidConfig,
     InvalidContext,
+    InvalidFeedback,
     InvalidReward,
+    StorageError,
+    SyntraError,
     UnknownCapsule,
     UnknownDecision,
 )
@@ -50,11 +59,12 @@ from syntra.learning.policy import FROZEN, Policy
 from syntra.learning.rewards import RewardSpec
 from syntra.store.records import (
     REFUSED_OPTION,
-    DecisionRecord,
     FeedbackRecord,
     RecordType,
+    encode_decision,
     encode_json,
 )
+from syntra.store.state import encode_state
 
 MAX_OPTIONS = MAX_ARMS
 MAX_OPTION_NAME = 128
@@ -63,6 +73,16 @@ MAX_CONTEXT_KEY = 256
 MAX_REWARD_MAGNITUDE = 1e12
 # Posterior draws per Thompson refresh (samples x options) stay within a few milliseconds.
 MAX_THOMPSON_DRAWS = 1 << 20
+# Most contexts one call of Capsule.contexts returns.
+MAX_CONTEXTS_PAGE = 10_000
+# What a batch item may hold: Capsule.decide's and Capsule.feedback's keyword arguments.
+DECIDE_FIELDS = frozenset({"context_key", "features", "metrics", "input"})
+FEEDBACK_FIELDS = frozenset({"decision_id", "reward", "cost", "components", "signal", "taken_option",
+                             "taken_propensity"})
+# A batch item's own failure goes in its slot; a store that fails fails the whole call.
+_ITEM_ERRORS = (SyntraError, BudgetError)
+# Operator actions (LEARNING records) and the field of the record that carries their argument.
+ACTION_FIELDS = {"update_learning": "learning", "update_reward_spec": "reward", "update_policy": "policy"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +301,73 @@ def _direct(learning: Mapping[str, Any], names: list[str]) -> bool:
             and learning["actions"]["kind"] == "discrete")
 
 
+def _fresh_table(table: ArmTable, reward: RewardSpec) -> ArmTable:
+    """An empty table for ``reward`` with ``table``'s contexts in the same rows (the
+    ledger's pending decisions name rows), each reset once more, as a drift reset does."""
+    state = table.export_state()
+    fresh = ArmTable(table.n_arms, reward.low, reward.high, binary=reward.type == "bernoulli")
+    fresh.import_state({
+        "contexts": state["contexts"], "stats": bytes(len(state["stats"])),
+        "row_pulls": bytes(len(state["row_pulls"])),
+        "epochs": (np.frombuffer(state["epochs"], dtype=np.int64) + 1).tobytes(),
+    })
+    return fresh
+
+
+def _check_shadow_learning(learning: Mapping[str, Any]) -> None:
+    """A shadow capsule's feedback names the action taken, once: it fuses no signals."""
+    if learning["feedback"]["signals"]:
+        raise InvalidConfig("learning.json: feedback.signals cannot be used by a shadow capsule (each feedback"
+                            " names the option taken, so a decision takes one feedback)")
+
+
+def _context_stats(table: ArmTable, key: str, n_options: int,
+                   shadow: bool = False) -> tuple[list[int], list[float | None], int | None]:
+    """Context ``key``'s plays and mean reward per option, and its leader (None before any
+    reward): the most played option, what the rule has converged on (not the best raw
+    mean, which an option played once can top by luck), ties going to the higher mean. A
+    shadow capsule's plays are what the caller's policy took, which says nothing of what
+    the capsule learned: its leader is the best mean, ties going to the more played."""
+    pulls = table.pulls(key).tolist()
+    sums = table.reward_sums(key).tolist()
+    means = [sums[i] / pulls[i] if pulls[i] else None for i in range(n_options)]
+    if shadow:
+        leader = max(range(n_options), key=lambda i: (pulls[i] > 0, means[i] or 0.0, pulls[i]))
+    else:
+        leader = max(range(n_options), key=lambda i: (pulls[i], means[i] or 0.0))
+    return pulls, means, leader if pulls[leader] else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Exported state as plain JSON: bytes as base64 text, tuples as lists, and the
+    non-finite floats JSON has no literal for as the strings "nan", "inf" and "-inf"."""
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode()
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return value
+
+
+def _batch(items: object, what: str) -> list | tuple:
+    if not isinstance(items, (list, tuple)):
+        raise InvalidArgument(what, f"must be a list of dicts, got {type(items).__name__}")
+    return items
+
+
+def _bad_item(item: object, allowed: frozenset, required: str | None = None) -> InvalidArgument:
+    """The error of a batch item that is not a dict of ``allowed`` fields (with ``required``)."""
+    if type(item) is not dict:
+        return InvalidArgument("item", f"must be a dict, got {type(item).__name__}")
+    unknown = sorted(map(str, item.keys() - allowed))
+    if unknown:
+        return InvalidArgument(unknown[0], f"is not a field of this batch's items (fields: {sorted(allowed)})")
+    return InvalidArgument(required, "is required")
+
+
 class _Uninstalled:
     """Stands in for the learner of an uninstalled capsule: refuses work, keeps the report."""
 
@@ -315,7 +402,9 @@ class Capsule:
 
     ``config`` is everything needed to rebuild it empty (it is what the WAL's install
     record and every checkpoint carry): uid, name, options, reward, algorithm, settings,
-    learning, budget, install (how many earlier installs the name had), seed and tag.
+    learning, budget, program, shadow, install (how many earlier installs the name had),
+    seed and tag. Operator actions that change it (a new learning config, reward spec or
+    I/O policy) update it in place, so a checkpoint rebuilds what runs now.
 
     A capsule with a ``budget`` holds each decision's cost on a budget account (see
     :mod:`syntra.budget.gate`). Anything beyond a plain rule's decide and feedback is
@@ -323,8 +412,8 @@ class Capsule:
     """
 
     __slots__ = ("name", "uid", "options", "reward", "algorithm", "settings", "config", "learning",
-                 "encoder", "_learner", "_lock", "_budget", "_program", "_plain", "_policy", "_direct",
-                 "_action_values", "_retired", "_wake")
+                 "encoder", "shadow", "_learner", "_lock", "_budget", "_program", "_plain", "_fast_feedback",
+                 "_policy", "_direct", "_action_values", "_retired", "_wake", "_sandbox")
 
     def __init__(self, config: dict[str, Any], budget=None, sandbox=None):
         self.config = config
@@ -336,11 +425,15 @@ class Capsule:
         self.settings = dict(config["settings"])
         self.learning = learning_of(config)
         self.encoder = ContextEncoder.from_spec(self.learning["contextSpec"])
+        # A shadow capsule only suggests: its feedback says what the caller took.
+        self.shadow = config.get("shadow", False) is True
+        if self.shadow:
+            _check_shadow_learning(self.learning)
         reward = self.reward
         table = ArmTable(len(self.options), reward.low, reward.high, binary=reward.type == "bernoulli")
         names = candidate_names(self.learning, reward)
         self._policy = Policy(self.learning, self.options, reward, table, config["seed"], self.encoder, names,
-                              tuned=config.get("learning") is not None)
+                              tuned=config.get("learning") is not None, shadow=self.shadow)
         first = self._policy.candidates[0]
         rule = first.rule if not first.linear else Rule(table)
         self._learner = Learner(self.name, self.options, rule, config["seed"], config["tag"])
@@ -349,6 +442,7 @@ class Capsule:
         spec = BudgetSpec.parse(config.get("budget"), self.options)
         self._budget = None if spec is None else CapsuleBudget(spec, budget, self.uid, self.options)
         program = config.get("program")
+        self._sandbox = sandbox
         self._program = None if program is None else ProgramSpec.parse(program, self.options, sandbox)
         actions = self.learning["actions"]
         self._retired = False
@@ -363,6 +457,9 @@ class Capsule:
         # Not while the policy awaits answers of its own: the fast path would not tell it.
         self._plain = (self._direct and self._budget is None and self._program is None
                        and self._policy.lifecycle != FROZEN and not self._policy.pending)
+        # feedback's one-call path, the learner's own (bound once: it is the hottest call). A
+        # shadow capsule's feedback credits the option taken: never this path.
+        self._fast_feedback = self._learner.try_feedback if self._plain and not self.shadow else None
 
     # --- deciding -----------------------------------------------------------------------
 
@@ -394,6 +491,58 @@ class Capsule:
         """:meth:`decide` for asyncio callers: a durable capsule awaits its sync without
         blocking the event loop."""
         return self.decide(context_key, input=input, features=features, metrics=metrics)
+
+    def decide_many(self, requests: list[dict[str, Any]]) -> list[Decision | SyntraError]:
+        """Decide for each request, a dict of :meth:`decide`'s arguments (any of
+        ``context_key``, ``features``, ``metrics``, ``input``), in order. Each item succeeds
+        or fails on its own: a bad one gets its exception in its slot (the others are
+        unaffected). A failing store fails the whole call
+        (:class:`~syntra.errors.StorageError`)."""
+        results: list[Any] = []
+        append = results.append
+        decide = self.decide
+        for request in _batch(requests, "requests"):
+            if type(request) is not dict or not request.keys() <= DECIDE_FIELDS:
+                append(_bad_item(request, DECIDE_FIELDS))
+                continue
+            try:
+                append(decide(**request))
+            except _ITEM_ERRORS as exc:
+                if isinstance(exc, StorageError):
+                    raise
+                append(exc)
+        return results
+
+    async def decide_many_async(self, requests: list[dict[str, Any]]) -> list[Decision | SyntraError]:
+        """:meth:`decide_many` for asyncio callers: a durable capsule awaits its one sync
+        without blocking the event loop."""
+        return self.decide_many(requests)
+
+    def feedback_many(self, items: list[dict[str, Any]]) -> list[None | SyntraError]:
+        """Report each outcome in ``items``, dicts of :meth:`feedback`'s arguments with its
+        ``decision_id``, in order: None in the slot of each one applied, the exception of
+        each one refused (which changed nothing; the others are unaffected). A failing
+        store fails the whole call."""
+        results: list[Any] = []
+        append = results.append
+        feedback = self.feedback
+        for item in _batch(items, "items"):
+            if type(item) is not dict or "decision_id" not in item or not item.keys() <= FEEDBACK_FIELDS:
+                append(_bad_item(item, FEEDBACK_FIELDS, "decision_id"))
+                continue
+            try:
+                feedback(**item)
+            except _ITEM_ERRORS as exc:
+                if isinstance(exc, StorageError):
+                    raise
+                append(exc)
+            else:
+                append(None)
+        return results
+
+    async def feedback_many_async(self, items: list[dict[str, Any]]) -> list[None | SyntraError]:
+        """:meth:`feedback_many` for asyncio callers."""
+        return self.feedback_many(items)
 
     def _decide_locked(self, context_key: str, input: object, features=None, metrics=None, ts_ns: int = 0):
         """Decide, running the program if there is one (the caller holds the lock):
@@ -480,7 +629,8 @@ class Capsule:
     # --- feedback -----------------------------------------------------------------------
 
     def feedback(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
-                 components: Mapping[str, Any] | None = None, signal: str | None = None) -> None:
+                 components: Mapping[str, Any] | None = None, signal: str | None = None,
+                 taken_option: str | None = None, taken_propensity: float | None = None) -> None:
         """Report the outcome of a decision. Applied exactly once; errors change nothing.
 
         Give the ``reward``, or its ``components`` when the reward spec combines them.
@@ -489,23 +639,34 @@ class Capsule:
         what the decision actually cost in microcents: it is committed against the hold;
         without it the hold is released. Feedback on a refused decision, or to a frozen
         capsule, is recorded but does not train.
+
+        A shadow capsule's feedback must name ``taken_option``, the option the caller's own
+        policy took, and ``taken_propensity``, the probability in (0, 1] it had of taking
+        it: the reward trains that option, and the meta-bandit weighs its candidates by
+        that propensity, so learning stays unbiased whatever the suggestion was. Other
+        capsules take neither (:class:`~syntra.errors.InvalidFeedback`).
         """
-        if self._plain and cost is None and components is None and signal is None:
+        fast = self._fast_feedback
+        if (fast is not None and cost is None and components is None and signal is None
+                and taken_option is None and taken_propensity is None):
             # The common case in one call: a refused update changes nothing, so the slow
             # path may ask the learner again to find the right error.
-            if type(decision_id) is str and type(reward) is float and not self._learner.feedback(decision_id, reward):
+            if type(decision_id) is str and type(reward) is float and fast(decision_id, reward):
                 return
         with self._lock:
-            learned = self._learn(decision_id, reward, cost, components, signal)
+            learned = self._learn(decision_id, reward, cost, components, signal, taken_option, taken_propensity)
         if learned.claim is not None:
             self._budget.finish(learned.claim)
 
     async def feedback_async(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
-                             components: Mapping[str, Any] | None = None, signal: str | None = None) -> None:
+                             components: Mapping[str, Any] | None = None, signal: str | None = None,
+                             taken_option: str | None = None, taken_propensity: float | None = None) -> None:
         """:meth:`feedback` for asyncio callers."""
-        self.feedback(decision_id, reward, cost=cost, components=components, signal=signal)
+        self.feedback(decision_id, reward, cost=cost, components=components, signal=signal,
+                      taken_option=taken_option, taken_propensity=taken_propensity)
 
-    def _learn(self, decision_id: str, reward, cost, components, signal, detail: dict | None = None) -> Learned:
+    def _learn(self, decision_id: str, reward, cost, components, signal, taken_option=None,
+               taken_propensity=None) -> Learned:
         """Check and apply one feedback (the caller holds the lock). Everything that can
         refuse is checked before anything changes."""
         if type(decision_id) is not str:
@@ -514,6 +675,10 @@ class Capsule:
             raise InvalidReward(f"capsule {self.name!r} has no budget, so its feedback takes no cost")
         if cost is not None and (type(cost) is not int or not 0 <= cost < 2**63):
             raise InvalidReward(f"cost must be integer microcents in [0, 2**63), got {cost!r}")
+        detail = None
+        taken = None
+        if self.shadow or taken_option is not None or taken_propensity is not None:
+            taken = self._check_taken(taken_option, taken_propensity)
         if components is not None:
             if reward is not None:
                 raise InvalidReward("pass reward= or components=, not both")
@@ -526,7 +691,7 @@ class Capsule:
         status = self._learner.check_feedback(decision_id, reward)
         if status:
             self._raise_for(status, decision_id, reward)
-        if signal is not None:
+        if signal is not None:   # a shadow capsule fuses none: this refuses it
             # The log keeps the signal's own value; replay fuses again and checks the result.
             fused = self._signal(decision_id, sequence, signal, reward, cost)
             detail = {"signal": signal, "fused": fused}
@@ -535,21 +700,65 @@ class Capsule:
             learned = self._apply(sequence, fused, cost, detail)
             learned.reward = reward
             return learned
-        return self._apply(sequence, reward, cost, detail)
+        if taken is not None:   # logged, so replay credits the same option
+            detail = {**(detail or {}), "taken_option": self.options[taken[0]], "taken_propensity": taken[1]}
+        return self._apply(sequence, reward, cost, detail, taken)
 
-    def _apply(self, sequence: int, reward: float, cost: int | None, detail: dict | None) -> Learned:
+    def _apply(self, sequence: int, reward: float, cost: int | None, detail: dict | None,
+               taken: tuple[int, float] | None = None) -> Learned:
         """Settle decision ``sequence`` (pending; ``reward`` checked) and learn from it."""
         claim = None
         if self._budget is not None:
             claim = self._budget.settle(self._learner, sequence, cost)
         trains = self._policy.trains(sequence)
-        status = self._learner.settle_at(sequence, reward, trains)
+        if taken is None and not self.shadow:   # the common case, without a call
+            status = self._learner.settle_at(sequence, reward, trains)
+        else:
+            trains, status = self._settle(sequence, reward, taken, trains)
         if status:   # checked already: only a bug gets here
             raise AssertionError(f"feedback for sequence {sequence} failed after its checks: {status}")
-        events = self._policy.learn(sequence, reward, trains)
+        events = self._policy.learn(sequence, reward, trains, taken)
         if self._direct and not self._plain and not self._policy.pending:
             self._replan()
         return Learned(sequence, reward, detail, events, claim, cost)
+
+    def _settle(self, sequence: int, reward: float, taken: tuple[int, float] | None,
+                trains: bool) -> tuple[bool, int]:
+        """Complete decision ``sequence`` in the ledger, training (if ``trains``) the option
+        taken: the one decided, unless ``taken`` says otherwise. (Whether it trained, status.)"""
+        if taken is not None:
+            return trains, self._learner.settle_taken(sequence, taken[0], taken[1], reward, trains)
+        if self.shadow:   # a default reward after the wait: nobody said what was taken
+            trains = False
+        return trains, self._learner.settle_at(sequence, reward, trains)
+
+    def _check_taken(self, option: object, propensity: object) -> tuple[int, float]:
+        """A shadow capsule's taken option and propensity as (arm, probability); refuses
+        them on any other capsule, and anything missing, unknown or out of range."""
+        if not self.shadow:
+            field = "taken_option" if option is not None else "taken_propensity"
+            raise InvalidFeedback(field, f"capsule {self.name!r} is not in shadow mode: the option it decided is"
+                                         f" the option taken")
+        if option is None:
+            raise InvalidFeedback("taken_option", f"capsule {self.name!r} is in shadow mode: feedback must name the"
+                                                  f" option the caller took")
+        if propensity is None:
+            raise InvalidFeedback("taken_propensity", f"capsule {self.name!r} is in shadow mode: feedback must give"
+                                                      f" the probability the caller's policy had of taking"
+                                                      f" {option!r}")
+        if type(option) is not str or option not in self.options:
+            shown = list(self.options[:8]) + (["..."] if len(self.options) > 8 else [])
+            raise InvalidFeedback("taken_option", f"{str(option)[:140]!r} is not an option of capsule"
+                                                  f" {self.name!r} (options: {shown})")
+        number = math.nan
+        if isinstance(propensity, numbers.Real) and not isinstance(propensity, bool):
+            try:
+                number = float(propensity)
+            except OverflowError:
+                pass
+        if not 0.0 < number <= 1.0:   # False for NaN
+            raise InvalidFeedback("taken_propensity", f"must be a finite number in (0, 1], got {propensity!r:.40}")
+        return self.options.index(option), number
 
     def _sequence_of(self, decision_id: str) -> int:
         try:
@@ -681,27 +890,129 @@ class Capsule:
             if config[fixed] != self.learning[fixed]:
                 raise InvalidConfig(f"learning.json: {fixed} cannot change on an installed capsule"
                                     f" (it shapes what was learned); install a new capsule")
+        if self.shadow:
+            _check_shadow_learning(config)
         names = candidate_names(config, self.reward)
         Policy(config, self.options, self.reward, ArmTable(len(self.options), self.reward.low, self.reward.high),
                self.config["seed"], self.encoder, names)   # every setting checked before anything changes
         return config
 
-    def _change(self, action: str, config: dict[str, Any] | None) -> dict[str, Any]:
-        """Apply an operator action (the caller holds the lock); returns its audit event."""
+    def update_reward_spec(self, spec: Mapping[str, Any]) -> None:
+        """Replace the reward spec atomically. Audited.
+
+        When the new spec has the reward's type and range, what was learned stays and the
+        new spec (its components and their weights) applies from the next feedback on.
+        Otherwise the statistics start afresh: the policy returns to warmup (or straight on,
+        without one) as a capsule-scope drift would. The audit event says which
+        (``statistics``: ``kept`` or ``reset``).
+
+        Decisions still awaiting their reward keep awaiting it, and their feedback is
+        checked against the new spec (components, range) when it comes.
+        """
+        with self._lock:
+            self._check_installed()
+            reward = self._checked_reward(spec)
+            self._change("update_reward_spec", reward.to_dict())
+
+    def update_policy(self, policy: Mapping[str, Any] | None) -> None:
+        """Replace a program capsule's I/O policy (what its capabilities may reach; None
+        refuses every one), checked exactly as an install checks it. Audited.
+        :class:`~syntra.errors.FailedPrecondition` for a capsule without a program."""
+        with self._lock:
+            self._check_installed()
+            if self._program is None:
+                raise FailedPrecondition(f"capsule {self.name!r} runs no program, so it has no I/O policy")
+            if policy is not None:
+                if not isinstance(policy, Mapping):
+                    raise InvalidConfig(f"policy must be a mapping, got {type(policy).__name__}")
+                try:   # a copy as JSON: what is logged is what applies
+                    policy = json.loads(json.dumps(policy, allow_nan=False))
+                except (TypeError, ValueError) as exc:
+                    raise InvalidConfig(f"policy must be JSON data: {exc}") from None
+            self._program.with_policy(policy, self._sandbox)   # checked before anything is logged
+            self._change("update_policy", policy)
+
+    def _checked_reward(self, spec: Mapping[str, Any]) -> RewardSpec:
+        if not isinstance(spec, Mapping):
+            raise InvalidConfig(f"reward spec must be a mapping, got {type(spec).__name__}")
+        reward = RewardSpec.parse(spec)
+        # The learning config's default reward and signal fusion must suit the new spec.
+        checked_learning(LearningConfig.parse(self.learning), self.options, reward)
+        names = candidate_names(self.learning, reward)
+        Policy(self.learning, self.options, reward, ArmTable(len(self.options), reward.low, reward.high),
+               self.config["seed"], self.encoder, names)   # every setting checked before anything changes
+        return reward
+
+    def _reward_statistics(self, reward: RewardSpec) -> str:
+        """``kept`` if what was learned still fits ``reward`` (same type and range), else ``reset``."""
+        same = (reward.kind, reward.low, reward.high) == (self.reward.kind, self.reward.low, self.reward.high)
+        return "kept" if same else "reset"
+
+    def _change(self, action: str, argument: Any) -> dict[str, Any]:
+        """Apply an operator action (the caller holds the lock); returns its audit event.
+        ``argument`` is the learning config, reward spec or policy the action installs."""
         self._policy.check_action(action)
         if action == "freeze":
             event = self._policy.freeze()
         elif action == "unfreeze":
             event = self._policy.unfreeze()
+        elif action == "update_learning":
+            event = self._relearn(argument)
+        elif action == "update_reward_spec":
+            event = self._rereward(RewardSpec.parse(argument))
+        elif action == "update_policy":
+            event = self._repolicy(argument)
         else:
-            event = self._relearn(config)
+            raise ValueError(f"unknown action {action!r}")
         self._replan()
         return event
+
+    def _replay_change(self, body: Mapping[str, Any]) -> None:
+        """Apply a logged operator action (a LEARNING record's ``body``) as it was applied live."""
+        action = body["action"]
+        field = ACTION_FIELDS.get(action)
+        argument = body[field] if field is not None else None
+        if action == "update_reward_spec":
+            statistics = self._reward_statistics(RewardSpec.parse(argument))
+            if statistics != body["statistics"]:
+                raise ValueError(f"the reward spec update {statistics} the statistics,"
+                                 f" the log says {body['statistics']}")
+        Capsule._change(self, action, argument)   # logged already
+
+    def _rereward(self, reward: RewardSpec) -> dict[str, Any]:
+        statistics = self._reward_statistics(reward)
+        events: list[dict[str, Any]] = []
+        if statistics == "kept":
+            self._policy.reward = reward
+        else:
+            old = self._policy
+            table = _fresh_table(self._learner.table, reward)
+            names = candidate_names(self.learning, reward)
+            policy = Policy(self.learning, self.options, reward, table, self.config["seed"], self.encoder, names,
+                            tuned=self.config.get("learning") is not None, shadow=self.shadow)
+            events = policy.restart_after_reward(old)
+            first = policy.candidates[0]
+            self._learner.replace_table(first.rule if not first.linear else Rule(table))
+            self._policy = policy
+            self._direct = _direct(self.learning, names)
+        self.reward = reward
+        self.config["reward"] = reward.to_dict()   # what checkpoints rebuild the capsule from
+        return {"event": "update_reward_spec", "reward": reward.to_dict(), "statistics": statistics,
+                "events": events}
+
+    def _repolicy(self, policy: Mapping[str, Any] | None) -> dict[str, Any]:
+        self._program = self._program.with_policy(policy, self._sandbox)
+        entry = {key: value for key, value in self.config["program"].items() if key != "policy"}
+        if policy is not None:
+            entry["policy"] = policy
+        self.config["program"] = entry
+        return {"event": "update_policy", "policy": policy}
 
     def _relearn(self, config: dict[str, Any]) -> dict[str, Any]:
         names = candidate_names(config, self.reward)
         old = self._policy
-        policy = Policy(config, self.options, self.reward, old.table, self.config["seed"], self.encoder, names)
+        policy = Policy(config, self.options, self.reward, old.table, self.config["seed"], self.encoder, names,
+                        shadow=self.shadow)
         events = policy.carry_over(old)
         first = policy.candidates[0]
         self._learner.replace_rule(first.rule if not first.linear else Rule(old.table))
@@ -734,11 +1045,13 @@ class Capsule:
             if fused is None:
                 return
             reward = fused
-        trains = self._policy.trains(sequence)
-        status = self._learner.settle_at(sequence, reward, trains)
+        taken = None
+        if "taken_option" in detail:
+            taken = (self.options.index(detail["taken_option"]), float(detail["taken_propensity"]))
+        trains, status = self._settle(sequence, reward, taken, self._policy.trains(sequence))
         if status:
             raise ValueError(f"feedback status {status}")
-        self._policy.learn(sequence, reward, trains)
+        self._policy.learn(sequence, reward, trains, taken)
         if detail.get("default"):
             self._policy.expire(sequence, entry.ts_ns)
 
@@ -749,7 +1062,7 @@ class Capsule:
         # one would log records for a capsule that replay no longer knows).
         self._learner = _Uninstalled(self.name, self._learner)
         self._retired = True
-        self._plain = False
+        self._plain, self._fast_feedback = False, None
         self._policy.pending.clear()
         if self._budget is not None:
             self._budget.release_all()
@@ -770,7 +1083,8 @@ class Capsule:
 
     def report(self) -> dict[str, Any]:
         """What the capsule has learned: per context, plays, mean reward and the leader
-        (``best_option``: the most played option, ties going to the higher mean); the
+        (``best_option``: the most played option, ties going to the higher mean; for a
+        shadow capsule, whose plays are the caller's, the best mean reward); the
         learning policy's lifecycle, candidates (trials, estimated value, share), drift
         events and refusals."""
         with self._lock:
@@ -778,21 +1092,14 @@ class Capsule:
 
     def _report(self) -> dict[str, Any]:
         table = self._learner.table
+        options = self.options
         contexts = {}
         for key in table.contexts:
-            pulls = table.pulls(key)
-            sums = table.reward_sums(key)
-            means = {
-                option: (float(sums[i] / pulls[i]) if pulls[i] else None)
-                for i, option in enumerate(self.options)
-            }
-            # The leader is the most played option (what the rule has converged on), not the
-            # best raw mean, which an option played once can top by luck.
-            leader = max(range(len(self.options)), key=lambda i: (pulls[i], means[self.options[i]] or 0.0))
+            pulls, means, leader = _context_stats(table, key, len(options), self.shadow)
             contexts[key] = {
-                "pulls": {option: int(pulls[i]) for i, option in enumerate(self.options)},
-                "mean_reward": means,
-                "best_option": self.options[leader] if pulls[leader] else None,
+                "pulls": dict(zip(options, pulls)),
+                "mean_reward": dict(zip(options, means)),
+                "best_option": None if leader is None else options[leader],
             }
         report = {
             "name": self.name,
@@ -806,6 +1113,51 @@ class Capsule:
         if self._budget is not None:
             report["budget"] = self._budget.report()
         return report
+
+    def contexts(self, start_after: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The contexts this capsule has learned in, sorted by key, from the first after
+        ``start_after`` (None: from the start), at most ``limit`` (1 to
+        :data:`MAX_CONTEXTS_PAGE`). Each is ``{"key", "options": [{"option", "pulls",
+        "mean_reward"}], "best_option"}`` with the options in order, as :meth:`report`
+        counts them (``mean_reward`` None before the option's first reward)."""
+        if start_after is not None and type(start_after) is not str:
+            raise InvalidArgument("start_after", f"must be a context key (a string) or None, got"
+                                                 f" {type(start_after).__name__}")
+        if type(limit) is not int or not 1 <= limit <= MAX_CONTEXTS_PAGE:
+            raise InvalidArgument("limit", f"must be an integer in [1, {MAX_CONTEXTS_PAGE}], got {limit!r}")
+        options = self.options
+        with self._lock:
+            table = self._learner.table
+            keys = sorted(table.contexts)
+            start = 0 if start_after is None else bisect.bisect_right(keys, start_after)
+            page = []
+            for key in keys[start:start + limit]:
+                pulls, means, leader = _context_stats(table, key, len(options), self.shadow)
+                page.append({
+                    "key": key,
+                    "options": [{"option": option, "pulls": count, "mean_reward": mean}
+                                for option, count, mean in zip(options, pulls, means)],
+                    "best_option": None if leader is None else options[leader],
+                })
+            return page
+
+    def memory(self) -> dict[str, Any]:
+        """The learned memory: ``contexts`` (how many), ``pending`` (decisions awaiting
+        feedback), ``state_bytes`` (the size of the learned state in a checkpoint's
+        encoding) and ``state``, that state as JSON (what a checkpoint keeps for this
+        capsule beside its config: ``state``, the ledger and per-arm statistics;
+        ``policy``, the learning policy's; ``budget``, its counters; bytes as base64)."""
+        with self._lock:
+            state = self._checkpoint_state()
+            return {"contexts": len(self._learner.table), "pending": self.pending,
+                    "state_bytes": len(encode_state(state)), "state": _jsonable(state)}
+
+    def _checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this capsule beside its config (the caller holds the lock)."""
+        state = {"state": self._learner.export_state(), "policy": self._policy.export_state()}
+        if self._budget is not None:
+            state["budget"] = self._budget.counters()
+        return state
 
     def __repr__(self) -> str:
         return f"Capsule({self.name!r}, options={list(self.options)!r}, algorithm={self.learning['algorithm']!r})"
@@ -838,18 +1190,96 @@ class DurableCapsule(Capsule):
         metrics = _plain_inputs(metrics, "metrics")
         with self._lock:
             self._store.check()
-            ts_ns = time.time_ns()
-            d, budget_ticket, error = self._decide_locked(context_key, input, features, metrics, ts_ns)
-            # d.context_key, not context_key: a program capsule may take it from the input.
-            learning_refusal = d.refusal if d.refused and d.decision_id is not None else None
-            ticket = self._store.submit(RecordType.DECISION, DecisionRecord(
-                self.uid, d.sequence, ts_ns, d.propensity,
-                REFUSED_OPTION if d.decision_id is None else d.option_index, d.context_key,
-                result=d.result_json, inputs=_inputs_json(features, metrics, learning_refusal),
-            ).encode())
+            d, ticket, budget_ticket, error = self._log_decision(context_key, input, features, metrics)
         if error is not None:
             raise error
         return d, ticket, budget_ticket
+
+    def _log_decision(self, context_key: str, input: object, features, metrics):
+        """Decide (inputs checked, the lock held) and submit the record: (decision, its
+        ticket, the budget's ticket, the error to raise once it is logged)."""
+        ts_ns = time.time_ns()
+        d, budget_ticket, error = self._decide_locked(context_key, input, features, metrics, ts_ns)
+        # d.context_key, not context_key: a program capsule may take it from the input.
+        learning_refusal = d.refusal if d.refused and d.decision_id is not None else None
+        ticket = self._store.submit(RecordType.DECISION, encode_decision(
+            self.uid, d.sequence, ts_ns, d.propensity,
+            REFUSED_OPTION if d.decision_id is None else d.option_index, d.context_key,
+            d.result_json, _inputs_json(features, metrics, learning_refusal),
+        ))
+        return d, ticket, budget_ticket, error
+
+    def _submit_decisions(self, requests):
+        """Decide and submit every request under one hold of the lock: (results, the last
+        WAL ticket, the last budget ticket). Waiting on the last covers them all."""
+        results: list[Any] = []
+        append = results.append
+        ticket = budget_ticket = None
+        requests = _batch(requests, "requests")
+        with self._lock:
+            self._store.check()
+            # The learner alone decides (no program, budget or policy), and the lock holds it so.
+            plain = self._plain
+            learner, submit, uid = self._learner, self._store.submit, self.uid
+            for request in requests:
+                if plain and type(request) is dict and len(request) == 1:
+                    # The common item, {"context_key": k}, in the fewest steps.
+                    context_key = request.get("context_key")
+                    if type(context_key) is str and len(context_key) <= MAX_CONTEXT_KEY and context_key.isascii():
+                        ts_ns = time.time_ns()
+                        d = learner.decide(context_key)
+                        ticket = submit(RecordType.DECISION, encode_decision(
+                            uid, d.sequence, ts_ns, d.propensity, d.option_index, context_key))
+                        append(d)
+                        continue
+                if type(request) is not dict or not request.keys() <= DECIDE_FIELDS:
+                    append(_bad_item(request, DECIDE_FIELDS))
+                    continue
+                try:
+                    context_key = request.get("context_key", "")
+                    input = request.get("input")
+                    _check_context(context_key)
+                    features = _plain_inputs(self._features_in(input, request.get("features")), "features")
+                    metrics = _plain_inputs(request.get("metrics"), "metrics")
+                    d, ticket, held, error = self._log_decision(context_key, input, features, metrics)
+                except _ITEM_ERRORS as exc:
+                    if isinstance(exc, StorageError):
+                        raise
+                    append(exc)
+                    continue
+                if held is not None:
+                    budget_ticket = held
+                append(d if error is None else error)
+        return results, ticket, budget_ticket
+
+    def _submit_feedbacks(self, items):
+        """Apply and submit every feedback under one hold of the lock: (results, the last
+        WAL ticket, the budget claims to finish once it is durable)."""
+        results: list[Any] = []
+        append = results.append
+        ticket = None
+        claims = []
+        items = _batch(items, "items")
+        with self._lock:
+            self._store.check()
+            for item in items:
+                if type(item) is not dict or "decision_id" not in item or not item.keys() <= FEEDBACK_FIELDS:
+                    append(_bad_item(item, FEEDBACK_FIELDS, "decision_id"))
+                    continue
+                get = item.get
+                try:
+                    learned = self._learn(item["decision_id"], get("reward"), get("cost"), get("components"),
+                                          get("signal"), get("taken_option"), get("taken_propensity"))
+                except _ITEM_ERRORS as exc:
+                    if isinstance(exc, StorageError):
+                        raise
+                    append(exc)
+                    continue
+                ticket = self._log_learned(learned)
+                if learned.claim is not None:
+                    claims.append(learned.claim)
+                append(None)
+        return results, ticket, claims
 
     def _log_learned(self, learned: Learned):
         """Submit the feedback record and the audit events of ``learned``; the last ticket."""
@@ -864,10 +1294,10 @@ class DurableCapsule(Capsule):
                  "ts_ns": time.time_ns()}))
         return ticket
 
-    def _submit_feedback(self, decision_id, reward, cost, components, signal):
+    def _submit_feedback(self, decision_id, reward, cost, components, signal, taken_option, taken_propensity):
         with self._lock:
             self._store.check()
-            learned = self._learn(decision_id, reward, cost, components, signal)
+            learned = self._learn(decision_id, reward, cost, components, signal, taken_option, taken_propensity)
             # The cost is logged too: if the budget journal loses its settlement (the two
             # logs sync apart), recovery settles the hold from this record.
             ticket = self._log_learned(learned)
@@ -881,11 +1311,44 @@ class DurableCapsule(Capsule):
         return d
 
     def feedback(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
-                 components=None, signal=None) -> None:
-        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal)
+                 components=None, signal=None, taken_option=None, taken_propensity=None) -> None:
+        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal, taken_option,
+                                              taken_propensity)
         self._store.wait(ticket)
         if claim is not None:
             self._budget.finish(claim)
+
+    def decide_many(self, requests: list[dict[str, Any]]) -> list[Decision | SyntraError]:
+        results, ticket, budget_ticket = self._submit_decisions(requests)
+        if ticket is not None:   # one group commit covers every record before it
+            self._store.wait(ticket)
+        if budget_ticket is not None:
+            self._budget.budget.wait(budget_ticket)
+        return results
+
+    async def decide_many_async(self, requests: list[dict[str, Any]]) -> list[Decision | SyntraError]:
+        results, ticket, budget_ticket = self._submit_decisions(requests)
+        if ticket is not None:
+            await self._store.wait_async(ticket)
+        if budget_ticket is not None:
+            await self._budget.budget.wait_async(budget_ticket)
+        return results
+
+    def feedback_many(self, items: list[dict[str, Any]]) -> list[None | SyntraError]:
+        results, ticket, claims = self._submit_feedbacks(items)
+        if ticket is not None:
+            self._store.wait(ticket)
+        for claim in claims:
+            self._budget.finish(claim)
+        return results
+
+    async def feedback_many_async(self, items: list[dict[str, Any]]) -> list[None | SyntraError]:
+        results, ticket, claims = self._submit_feedbacks(items)
+        if ticket is not None:
+            await self._store.wait_async(ticket)
+        for claim in claims:
+            await self._budget.finish_async(claim)
+        return results
 
     async def decide_async(self, context_key: str = "", *, input: object = None, features=None,
                            metrics=None) -> Decision:
@@ -896,8 +1359,9 @@ class DurableCapsule(Capsule):
         return d
 
     async def feedback_async(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
-                             components=None, signal=None) -> None:
-        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal)
+                             components=None, signal=None, taken_option=None, taken_propensity=None) -> None:
+        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal, taken_option,
+                                              taken_propensity)
         await self._store.wait_async(ticket)
         if claim is not None:
             await self._budget.finish_async(claim)
@@ -914,15 +1378,18 @@ class DurableCapsule(Capsule):
         if claim is not None:
             self._budget.finish(claim)
 
-    def _change(self, action: str, config):
+    def _change(self, action: str, argument):
         # Written ahead: an action the log does not have must not have happened.
         self._store.check()
         self._policy.check_action(action)
         body = {"uid": self.uid, "name": self.name, "action": action, "ts_ns": time.time_ns()}
-        if config is not None:
-            body["learning"] = config
+        field = ACTION_FIELDS.get(action)
+        if field is not None:
+            body[field] = argument
+        if action == "update_reward_spec":   # the audit trail says whether learning starts afresh
+            body["statistics"] = self._reward_statistics(RewardSpec.parse(argument))
         self._store.record(RecordType.LEARNING, encode_json(body))
-        event = super()._change(action, config)
+        event = super()._change(action, argument)
         for derived in event.get("events", ()):   # an update that ended warmup, say
             self._store.record(RecordType.AUDIT, encode_json(
                 {"kind": "lifecycle", "capsule": self.name, "uid": self.uid, "details": derived,

@@ -107,12 +107,16 @@ class Engine:
     decisions.
     """
 
-    def __init__(self, *, seed: int = 0, _store=None, _nonce: bytes | None = None, _budget=None):
+    def __init__(self, *, seed: int = 0, _store=None, _nonce: bytes | None = None, _budget=None,
+                 _store_path: Path | None = None):
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
             raise InvalidConfig(f"seed must be an integer in [0, 2**64), got {seed!r}")
         self.seed = seed
         self.nonce = _nonce if _nonce is not None else os.urandom(8)
         self._store = _store
+        # Where program capsules' sandboxes are: the store's, or (an in-memory engine that
+        # replays a store's log, as `syntra verify` does) the store replayed.
+        self._store_path = _store.path if _store is not None else _store_path
         # Accounts that budgeted capsules hold their costs on (see syntra.budget).
         self.budget = _budget if _budget is not None else Budget.memory()
         self._capsules: dict[str, Capsule] = {}
@@ -173,9 +177,13 @@ class Engine:
         return engine
 
     @classmethod
-    def _from_identity(cls, identity: dict[str, Any], store=None, budget=None) -> Engine:
-        """An empty engine with the seed and nonce of an engine record or checkpoint."""
-        return cls(seed=identity["seed"], _store=store, _nonce=bytes.fromhex(identity["nonce"]), _budget=budget)
+    def _from_identity(cls, identity: dict[str, Any], store=None, budget=None,
+                       store_path: str | Path | None = None) -> Engine:
+        """An empty engine with the seed and nonce of an engine record or checkpoint.
+        Without a ``store``, ``store_path`` names the store whose log it replays (its
+        program capsules' policies root their files in that store's sandboxes)."""
+        return cls(seed=identity["seed"], _store=store, _nonce=bytes.fromhex(identity["nonce"]), _budget=budget,
+                   _store_path=None if store_path is None else Path(store_path))
 
     @classmethod
     def _recover(cls, store, seed: int | None, budget) -> Engine:
@@ -283,7 +291,7 @@ class Engine:
             body = decode_json(record.payload, rtype)
             capsule = self._replay_capsule(body.get("uid"), record)
             try:
-                Capsule._change(capsule, body["action"], body.get("learning"))   # logged already
+                capsule._replay_change(body)
             except (KeyError, ValueError, SyntraError) as exc:
                 raise StorageCorrupt(f"replay of WAL record {record.sequence} failed: {exc}") from None
         elif rtype == RecordType.CAPSULE_INSTALLED:
@@ -303,12 +311,13 @@ class Engine:
     def _build(self, config: dict[str, Any]) -> Capsule:
         if self._store:
             return DurableCapsule(config, self._store, self.budget, self._sandbox(config["name"]))
-        return Capsule(config, self.budget)
+        sandbox = None if self._store_path is None else self._sandbox(config["name"])
+        return Capsule(config, self.budget, sandbox)
 
     def _sandbox(self, name: str) -> Path:
         """The directory a program capsule's policy roots its files in (durable engines)."""
         parsed = CapsuleName.parse(name)
-        return self._store.path / SANDBOX_DIRECTORY / parsed.tenant / parsed.job / parsed.capsule
+        return self._store_path / SANDBOX_DIRECTORY / parsed.tenant / parsed.job / parsed.capsule
 
     def _register(self, config: dict[str, Any], capsule: Capsule | None = None) -> Capsule:
         """Make ``capsule`` (built from ``config`` if not given) installed, with its bookkeeping."""
@@ -343,6 +352,7 @@ class Engine:
         limits: Mapping[str, Any] | None = None,
         policy: Mapping[str, Any] | None = None,
         context: Mapping[str, Any] | None = None,
+        shadow: bool = False,
     ) -> Capsule:
         """Install a capsule under ``name`` and return it.
 
@@ -362,7 +372,12 @@ class Engine:
         ``options`` as its options, run under ``limits`` and an I/O ``policy`` (see
         :mod:`syntra.program`; without a policy every I/O capability is refused);
         ``context={"kind": "discrete", "key": "a.b"}`` takes the context key from the input.
+        ``shadow=True`` installs it in shadow mode: each decision is a suggestion the caller
+        may ignore, and each feedback names the option the caller took and the probability
+        its own policy had of taking it (see :meth:`Capsule.feedback`).
         """
+        if type(shadow) is not bool:
+            raise InvalidConfig(f"shadow must be True or False, got {shadow!r}")
         parsed = CapsuleName.parse(name)
         spec = RewardSpec.parse(reward)
         parsed_learning = self._learning_config(learning, algorithm, settings)
@@ -412,6 +427,8 @@ class Engine:
                 config["budget"] = budget_spec.to_dict(option_names)
             if program is not None:
                 config["program"] = program
+            if shadow:   # absent otherwise, so other capsules' configs are as they were
+                config["shadow"] = True
             # Build first, so invalid settings fail before anything is logged.
             capsule = self._build(config)
             if self._store:
@@ -476,7 +493,8 @@ class Engine:
 
     def capsules(self) -> list[Capsule]:
         """Every installed capsule, ordered by name."""
-        return [self._capsules[k] for k in sorted(self._capsules)]
+        # One read of the values: an uninstall meanwhile cannot make a listed name vanish.
+        return sorted(self._capsules.values(), key=lambda capsule: capsule.name)
 
     def uninstall(self, name: str) -> None:
         """Remove a capsule and everything it learned."""
@@ -503,17 +521,51 @@ class Engine:
     def durable(self) -> bool:
         return self._store is not None
 
+    @property
+    def path(self) -> Path:
+        """The store's directory (durable engines only)."""
+        return self._durable_store().path
+
+    @property
+    def durable_sequence(self) -> int:
+        """The sequence of the last WAL record synced to disk (durable engines only)."""
+        return self._durable_store().wal.durable_sequence
+
+    @property
+    def wal_histograms(self) -> dict:
+        """Fsync latency and records per group commit, as cumulative histograms
+        (durable engines only; see ``syntra_core.wal.Wal.histograms``)."""
+        return self._durable_store().wal.histograms
+
+    def read_log(self, from_sequence: int = 1):
+        """Iterate the synced WAL records from ``from_sequence`` on, each verified against
+        the chain as it is read (durable engines only)."""
+        return self._durable_store().wal.read(from_sequence)
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether the engine can take writes now, and if not, why."""
+        if self._store is None:
+            return True, "in memory"
+        try:
+            self._store.check()
+        except StorageError as exc:
+            return False, str(exc)
+        if self._store.wal.closed:
+            return False, "the WAL is closed"
+        return True, "ok"
+
+    def _durable_store(self):
+        if self._store is None:
+            raise InvalidConfig("an in-memory engine has no store")
+        return self._store
+
     def _snapshot(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         retired = [c for uid, c in sorted(self._configs.items()) if uid not in self._by_uid]
         engine = {"format": 1, "seed": self.seed, "nonce": self.nonce.hex(), "next_uid": self._next_uid,
                   "installs": dict(sorted(self._installs.items())), "retired": retired}
         capsules = []
         for c in self.capsules():
-            entry = {"config": c.config, "state": c._learner.export_state(),
-                     "policy": c._policy.export_state()}
-            if c._budget is not None:
-                entry["budget"] = c._budget.counters()
-            capsules.append(entry)
+            capsules.append({"config": c.config, **c._checkpoint_state()})
         return engine, capsules
 
     def checkpoint(self) -> Path | None:

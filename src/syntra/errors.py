@@ -101,3 +101,22 @@ class StorageError(SyntraError):
 
 class StorageCorrupt(StorageError):
     """The store on disk is damaged or inconsistent; opening it fails closed."""
+
+
+class InvalidFeedback(InvalidReward):
+    """Feedback names something wrong besides its reward: a taken option or propensity
+    that is missing (shadow capsules), not allowed (other capsules), unknown or out of
+    range. ``field`` names the argument at fault (``taken_option``, ``taken_propensity``)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class InvalidArgument(SyntraError, ValueError):
+    """An argument that is not a capsule's config, context or reward is invalid: a page
+    size, a batch that is not a list, a batch item with unknown fields. ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field

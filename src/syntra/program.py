@@ -21,7 +21,7 @@ import base64
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,12 @@ class ProgramSpec:
         except (TypeError, ValueError) as exc:
             raise InvalidConfig(f"limits: {exc}") from None
         return cls(program, limits, _policy(entry.get("policy"), sandbox), _context_path(entry.get("context")))
+
+    def with_policy(self, policy: Mapping[str, Any] | None, sandbox: Path | None) -> ProgramSpec:
+        """This program under I/O ``policy`` instead (None: every I/O capability refused),
+        checked exactly as an install checks it (a relative root is created under
+        ``sandbox``). Raises :class:`~syntra.errors.InvalidConfig` naming the field."""
+        return replace(self, policy=_policy(policy, sandbox))
 
     def context_of(self, input_value: object) -> str:
         """The context key the input names (``contextSpec`` kind discrete)."""

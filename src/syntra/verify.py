@@ -307,8 +307,8 @@ class _Verification:
                     continue
                 try:
                     if engine is None:
-                        engine = (_engine_from_first(record, self.budget) if start is None
-                                  else _engine_from_checkpoint(start, digests, self.budget))
+                        engine = (_engine_from_first(record, self.budget, self.path) if start is None
+                                  else _engine_from_checkpoint(start, digests, self.budget, self.path))
                     engine._replay(record)
                 except Exception as exc:  # any failure here is the log's, to be reported
                     failed = True
@@ -437,22 +437,22 @@ def _ranges(numbers: list[int]) -> str:
 # --- engines for replay ------------------------------------------------------------------
 
 
-def _engine_from_first(record, budget):
+def _engine_from_first(record, budget, store_path: Path):
     if record.rtype != RecordType.ENGINE_CREATED:
         raise StorageCorrupt(
             f"the log starts with a {_type_name(record.rtype)} record, not ENGINE_CREATED")
     identity = decode_json(record.payload, record.rtype)
     try:
-        return Engine._from_identity(identity, budget=budget)
+        return Engine._from_identity(identity, budget=budget, store_path=store_path)
     except (KeyError, TypeError, ValueError) as exc:
         raise StorageCorrupt(f"bad ENGINE_CREATED record: {exc!r}") from None
 
 
-def _engine_from_checkpoint(start: ckpt.Checkpoint, digests: dict[int, bytes], budget):
+def _engine_from_checkpoint(start: ckpt.Checkpoint, digests: dict[int, bytes], budget, store_path: Path):
     if digests.get(start.wal_sequence) != start.head_digest:
         raise StorageCorrupt(f"checkpoint {start.path.name}, the one to replay from, does not"
                              " match the log (see its own problem)")
-    engine = Engine._from_identity(start.engine, budget=budget)
+    engine = Engine._from_identity(start.engine, budget=budget, store_path=store_path)
     engine._load_checkpoint(start)
     return engine
 

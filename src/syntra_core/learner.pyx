@@ -266,6 +266,40 @@ cdef class Learner:
         self.complete(entry)
         return FEEDBACK_OK
 
+    def settle_taken(self, uint64_t sequence, int arm, double propensity, double reward, bint train):
+        """Complete pending decision ``sequence`` as the action ``arm`` that the caller's own
+        policy took with probability ``propensity`` (a shadow capsule's decision is only a
+        suggestion): the ledger records that arm and propensity, and ``reward`` trains
+        that arm if ``train``. Same statuses as :meth:`settle_at`; anything but
+        FEEDBACK_OK changes nothing. ValueError for an arm or propensity out of range."""
+        if not 0 <= arm < self.table.n_arms:
+            raise ValueError(f"arm {arm} is out of range 0..{self.table.n_arms - 1}")
+        if not 0.0 < propensity <= 1.0:
+            raise ValueError(f"propensity must be in (0, 1], got {propensity!r}")
+        cdef LedgerEntry* entry
+        cdef FeedbackStatus found = self.pending_entry(sequence, &entry)
+        if found != FEEDBACK_OK:
+            return found
+        cdef UpdateStatus status = self.table.check_reward(reward)
+        if status != 0:
+            return <FeedbackStatus><int>status
+        entry.arm = <short>arm
+        entry.propensity = propensity
+        if train:
+            self.table.update_c(entry.row, arm, reward)   # checked above: it cannot refuse
+        self.complete(entry)
+        return FEEDBACK_OK
+
+    def replace_table(self, Rule rule not None):
+        """Decide with ``rule`` over its own, new table from now on (a reward spec whose
+        range changed starts the statistics afresh). The new table must hold the same
+        contexts in the same rows, as the ledger's pending decisions name their rows."""
+        cdef ArmTable table = rule.table
+        if table.n_arms != self.table.n_arms or table.contexts != self.table.contexts:
+            raise ValueError("the new table must have this learner's arms and contexts, in order")
+        self.rule = rule
+        self.table = table
+
     def sequence_of(self, str decision_id):
         """The sequence of ``decision_id`` if this learner issued it (pending or not), else
         raise ValueError saying why (malformed, or another capsule's or engine's id)."""
@@ -380,6 +414,14 @@ cdef class Learner:
         if status != FEEDBACK_OK:
             return status
         return self.apply_feedback(sequence, reward)
+
+    def try_feedback(self, str decision_id, double reward):
+        """:meth:`feedback` answering only whether it applied (a bool is cheaper to return
+        than a status): the one-call path of a caller that finds out why on its own."""
+        cdef uint64_t sequence
+        if self.locate(decision_id, &sequence) != FEEDBACK_OK:
+            return False
+        return self.apply_feedback(sequence, reward) == FEEDBACK_OK
 
     cdef FeedbackStatus locate(self, str decision_id, uint64_t* sequence):
         """FEEDBACK_OK with ``sequence`` set if ``decision_id`` is one of ours; else why not."""

@@ -84,6 +84,8 @@ class MetaBandit:
         self.seed = seed
         self.initial = initial
         self.prior_trials = int(prior_trials)
+        # One call a feedback: straight to the core, without this class's wrapper around it.
+        self.observe = self._core.observe
 
     # --- statistics (read-only views of the core) -------------------------------------------
 

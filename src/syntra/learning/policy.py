@@ -76,9 +76,12 @@ class Pending:
     ts_ns: int
     meta: bool = True              # False once a budget swapped the option (propensity 1)
     signals: dict[str, float] = field(default_factory=dict)
+    # Shadow capsules: every candidate's probability of every option (candidate-major), so
+    # the meta-bandit can weigh the option the caller actually took.
+    all_targets: tuple[float, ...] | None = None
 
     def export(self, sequence: int) -> dict[str, Any]:
-        return {
+        out = {
             "sequence": sequence, "context_key": self.context_key, "arm": self.arm,
             "propensity": self.propensity, "targets": list(self.targets),
             "candidate": self.candidate,
@@ -86,15 +89,33 @@ class Pending:
             "prediction": self.prediction, "refused": self.refused, "regime": self.regime,
             "ts_ns": self.ts_ns, "meta": self.meta, "signals": dict(self.signals),
         }
+        if self.all_targets is not None:   # absent otherwise: other capsules' state is unchanged
+            out["all_targets"] = list(self.all_targets)
+        return out
 
     @classmethod
     def load(cls, entry: Mapping[str, Any]) -> tuple[int, Pending]:
         x = None if entry["x"] is None else np.frombuffer(bytes(entry["x"]), dtype=np.float64).copy()
+        all_targets = entry.get("all_targets")
         return int(entry["sequence"]), cls(
             str(entry["context_key"]), int(entry["arm"]), float(entry["propensity"]),
             tuple(float(t) for t in entry["targets"]), int(entry["candidate"]), x,
             float(entry["prediction"]), entry["refused"], entry["regime"], int(entry["ts_ns"]),
-            bool(entry["meta"]), {str(k): float(v) for k, v in entry["signals"].items()})
+            bool(entry["meta"]), {str(k): float(v) for k, v in entry["signals"].items()},
+            None if all_targets is None else tuple(float(t) for t in all_targets))
+
+    def as_taken(self, arm: int, propensity: float, n_arms: int) -> None:
+        """Make this the record of option ``arm``, taken with ``propensity`` by the caller's
+        own policy (a shadow capsule's feedback): learning credits that option, and the
+        meta-bandit weighs the candidates by their probability of it."""
+        if arm != self.arm:
+            # The prediction was for the suggested option: it calibrates nothing here.
+            self.prediction = math.nan
+            if self.all_targets is None:   # decided before the candidates' rows were kept
+                self.meta = False
+            else:
+                self.targets = self.all_targets[arm::n_arms]
+        self.arm, self.propensity = arm, propensity
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +139,9 @@ class Policy:
     """
 
     def __init__(self, config: Mapping[str, Any], options: tuple[str, ...], reward, table, seed: int,
-                 encoder, candidate_names: list[str], *, tuned: bool = True):
+                 encoder, candidate_names: list[str], *, tuned: bool = True, shadow: bool = False):
         self.config = config
+        self.shadow = shadow   # decisions are suggestions: feedback says what was taken
         self.options = options
         self.reward = reward
         self.table = table
@@ -269,12 +291,14 @@ class Policy:
             self.meta.served(candidate_index)
         if self._waits:
             self._remember_order(sequence)
-        self.pending[sequence] = Pending(
+        entry = self.pending[sequence] = Pending(
             context_key, arm, propensity, mixer.targets(arm), candidate_index,
             None if x is None else x.copy(), prediction, refusal, regime, ts_ns,
             # meta (positional, cheaper than a keyword): when the levels chose, not the
             # candidates' mixture, there is nothing to weigh the candidates by.
             self.hierarchy is None or self.lifecycle == WARMUP)
+        if self.shadow:
+            entry.all_targets = tuple(self._probabilities.ravel().tolist())
         return Choice(arm, propensity, refusal, confidence)
 
     def _remember_order(self, sequence: int) -> None:
@@ -338,12 +362,17 @@ class Policy:
         entry = self.pending.get(sequence)
         return self.lifecycle != FROZEN and (entry is None or entry.refused is None)
 
-    def learn(self, sequence: int, reward: float, trained: bool) -> list[dict[str, Any]]:
+    def learn(self, sequence: int, reward: float, trained: bool,
+              taken: tuple[int, float] | None = None) -> list[dict[str, Any]]:
         """Account the reward of decision ``sequence`` (the table has it if ``trained``).
-        Returns the lifecycle events it caused, for the capsule to audit."""
+        ``taken`` (a shadow capsule's feedback) is the option the caller's own policy took
+        and its propensity: they are credited instead of the suggestion. Returns the
+        lifecycle events it caused, for the capsule to audit."""
         entry = self.pending.pop(sequence, None)
         if entry is None or not trained:
             return []
+        if taken is not None:
+            entry.as_taken(taken[0], taken[1], len(self.options))
         scaled = _scaled(self.reward, reward)
         events: list[dict[str, Any]] = []
         for candidate in self._linear:   # on the [0, 1] scale, whatever the reward range
@@ -358,7 +387,7 @@ class Policy:
             self.hierarchy.learn(entry.context_key, entry.arm, reward)
         if entry.meta:
             self.meta.observe(entry.targets, entry.propensity, scaled)
-        if self.refusal is not None:
+        if self.refusal is not None and entry.prediction == entry.prediction:   # NaN: no prediction
             self.refusal.observe(entry.prediction, reward)
         if self.regimes is not None and entry.regime is not None:
             self.regimes.record_outcome(entry.regime, scaled >= 0.5)
@@ -517,6 +546,33 @@ class Policy:
         if lifecycle == FROZEN:   # it stays frozen, and resumes active
             self.lifecycle, self._thawed = FROZEN, ACTIVE
         return [event]
+
+    def restart_after_reward(self, old: Policy) -> list[dict[str, Any]]:
+        """Take over from ``old`` (the policy of the reward spec this one's replaces, whose
+        type or range differed) what is not learned of rewards: the decisions awaiting
+        theirs, the expiry, drift and refusal history, the regimes' view of their metric,
+        and a freeze. Everything learned of rewards starts afresh, back to warmup as a
+        capsule-scope drift does. A pending decision's reward is then checked against the
+        new spec and trains as any other, except that its prediction (on the old scale)
+        calibrates nothing and any signals it had (in the old units) are dropped, to be
+        sent again. Returns the lifecycle event, to audit."""
+        fresh = self.lifecycle
+        if old.lifecycle == FROZEN:   # it stays frozen, and resumes where a fresh start would
+            self._thawed, self.lifecycle = fresh, FROZEN
+        same_candidates = [c.name for c in self.candidates] == [c.name for c in old.candidates]
+        for entry in old.pending.values():
+            entry.prediction = math.nan
+            entry.signals = {}
+            if not same_candidates:   # its targets are the old candidates' probabilities
+                entry.meta = False
+        self.pending = old.pending
+        if self._waits:
+            self._order = deque(self.pending)
+        self.expired, self.drift_events, self.refusals = old.expired, old.drift_events, old.refusals
+        self.skipped_updates = old.skipped_updates
+        if old.regimes is not None:   # the same config: its metric's statistics still hold
+            self.regimes = old.regimes
+        return [{"event": "reward_reset", "from": old.lifecycle, "to": self.lifecycle}]
 
     # --- waiting for rewards -------------------------------------------------------------
 

@@ -25,7 +25,8 @@ class RecordType(enum.IntEnum):
     CAPSULE_INSTALLED = 2    # JSON: uid, name, options, reward, algorithm, settings, install, seed, tag
     CAPSULE_UNINSTALLED = 3  # JSON: uid, name
     AUDIT = 4                # JSON: kind, capsule, details (events that change no learned state)
-    LEARNING = 5             # JSON: uid, action (freeze, unfreeze, update_learning), config: replayed
+    LEARNING = 5             # JSON: uid, action (freeze, unfreeze, update_learning, update_reward_spec,
+                             # update_policy) and its learning, reward (+ statistics) or policy: replayed
     DECISION = 10            # binary, see DecisionRecord
     FEEDBACK = 11            # binary, see FeedbackRecord
 
@@ -81,16 +82,8 @@ class DecisionRecord:
                                round(self.propensity * PROPENSITY_SCALE))
 
     def encode(self) -> bytes:
-        key = self.context_key.encode()
-        flag = 0 if self.inputs is None else _HAS_INPUTS
-        head = _DECISION.pack(
-            self.capsule_uid, self.sequence, self.ts_ns, self.propensity,
-            self.propensity_ppb, self.option_index, len(key) | flag,
-        ) + key
-        if self.inputs is None:
-            return head if self.result is None else head + self.result.encode()
-        result = b"" if self.result is None else self.result.encode()
-        return head + _LENGTH.pack(len(result)) + result + self.inputs.encode()
+        return encode_decision(self.capsule_uid, self.sequence, self.ts_ns, self.propensity, self.option_index,
+                               self.context_key, self.result, self.inputs, self.propensity_ppb)
 
     @classmethod
     def decode(cls, payload: bytes) -> DecisionRecord:
@@ -117,6 +110,23 @@ class DecisionRecord:
             raise StorageCorrupt(f"bad decision record: {exc}") from None
 
 
+def encode_decision(capsule_uid: int, sequence: int, ts_ns: int, propensity: float, option_index: int,
+                    context_key: str, result: str | None = None, inputs: str | None = None,
+                    propensity_ppb: int | None = None) -> bytes:
+    """A DECISION payload, as :meth:`DecisionRecord.encode` writes it, without building the
+    record first (one is written per decision)."""
+    key = context_key.encode()
+    head = _DECISION.pack(
+        capsule_uid, sequence, ts_ns, propensity,
+        round(propensity * PROPENSITY_SCALE) if propensity_ppb is None else propensity_ppb,
+        option_index, len(key) if inputs is None else len(key) | _HAS_INPUTS,
+    ) + key
+    if inputs is None:
+        return head if result is None else head + result.encode()
+    result_bytes = b"" if result is None else result.encode()
+    return head + _LENGTH.pack(len(result_bytes)) + result_bytes + inputs.encode()
+
+
 @dataclass(frozen=True, slots=True)
 class FeedbackRecord:
     capsule_uid: int
@@ -128,7 +138,8 @@ class FeedbackRecord:
     cost: int | None = None
     # How the learning layer got this reward, as JSON: {"signal": name} for one signal of
     # several, {"default": true} for the reward a decision got when its wait ran out,
-    # {"components": {...}} for a reward combined from components.
+    # {"components": {...}} for a reward combined from components, and for a shadow
+    # capsule "taken_option" and "taken_propensity" (what the caller's own policy took).
     detail: str | None = None
 
     def encode(self) -> bytes:
