@@ -11,6 +11,13 @@ cdef Py_ssize_t frames_that_fit(const int64_t* ends, Py_ssize_t start, Py_ssize_
                                 int64_t begin, int64_t room) noexcept nogil
 
 
+# Finite upper bounds of the group-commit histograms (Wal.histograms); each also has a
+# last, +Inf bucket.
+cdef enum:
+    FSYNC_BOUNDS = 16
+    BATCH_BOUNDS = 14
+
+
 cdef class Wal:
     cdef readonly str directory
     cdef readonly str durability
@@ -49,6 +56,13 @@ cdef class Wal:
     cdef uint64_t _stat_bytes
     cdef uint64_t _stat_sealed
     cdef uint64_t _stat_windows_expired
+    # Group-commit histograms, per bucket (not cumulative; the last is +Inf), in C so
+    # recording one allocates nothing. fsync: written by the flusher only, GIL held;
+    # batch: under _lock, with _stat_batches.
+    cdef uint64_t _fsync_buckets[FSYNC_BOUNDS + 1]
+    cdef uint64_t _fsync_sum_ns
+    cdef uint64_t _batch_buckets[BATCH_BOUNDS + 1]
+    cdef uint64_t _batch_sum
 
     # The flusher's own state: no lock.
     cdef int _fd
@@ -79,6 +93,7 @@ cdef class Wal:
     cdef _commit(self, list types, list payloads, uint64_t first_sequence)
     cdef _write_all(self, Py_ssize_t start, Py_ssize_t stop)
     cdef _rotate(self, uint64_t first_sequence, const uint8_t* previous_digest)
+    cdef _sync_data(self)
     cdef _publish(self, uint64_t durable, list sealed, object live)
     cdef _poison(self, object exc)
 
