@@ -1,0 +1,195 @@
+"""What every RPC shares: the service's state, authentication, and the wrappers that turn
+failures into canonical status codes, count them and log them.
+
+A servicer method does its work and raises :class:`RpcFailure` (or lets an engine error
+through); :func:`unary` and :func:`streaming` do the rest, the same way for every method.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+
+from syntra.server import jsonlog
+from syntra.server.auth import FailedAuthLimiter, Principal, TokenStore, Unauthenticated
+from syntra.server.ops import Metrics
+from syntra.server.ratelimit import RateLimiter
+from syntra.server.status import RpcFailure, failure_for
+
+_log = logging.getLogger("syntra.server")
+
+RECOVERING, SERVING, RESTORING, STOPPING = "recovering", "serving", "restoring", "stopping"
+_BEARER = "bearer "
+
+
+class ServiceState:
+    """The engine the servicers call, and everything that guards it.
+
+    ``engine`` is None while the store is being recovered or restored: calls then fail
+    with UNAVAILABLE, which clients retry.
+    """
+
+    def __init__(self, tokens: TokenStore, *, limiter: RateLimiter, metrics: Metrics,
+                 failed_auth: FailedAuthLimiter | None = None, workers: int = 4):
+        self.engine = None
+        self.phase = RECOVERING
+        self.tokens = tokens
+        self.limiter = limiter
+        self.metrics = metrics
+        self.failed_auth = failed_auth or FailedAuthLimiter()
+        # Work that blocks (program runs, installs, checkpoints, backups) runs here, so the
+        # event loop keeps serving decisions meanwhile.
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="syntra-rpc")
+
+    def live_engine(self):
+        engine = self.engine
+        if engine is None or self.phase != SERVING:
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, f"the service is {self.phase}; retry shortly")
+        return engine
+
+    async def run_blocking(self, function, *args, **kwargs) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, functools.partial(function, *args, **kwargs))
+
+    # --- authentication -------------------------------------------------------------------
+
+    def principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        """Who is calling, from the ``authorization: Bearer <token>`` metadata."""
+        secret = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                if value[:7].lower() == _BEARER:
+                    secret = value[7:].strip()
+                break
+        if secret:
+            try:
+                return self.tokens.authenticate(secret)
+            except Unauthenticated as exc:
+                reason = exc.reason
+        else:
+            reason = "no bearer token"
+        raise self._failed_auth(context, reason)
+
+    def _failed_auth(self, context, reason: str) -> RpcFailure:
+        peer = _peer_host(context.peer())
+        wait = self.failed_auth.blocked(peer)
+        self.metrics.auth_failed(reason)
+        if wait > 0:   # counted, not logged: a flood must not flood the log too
+            return RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "too many failed authentication attempts from this peer", retry_after=wait)
+        self.failed_auth.record_failure(peer)
+        _log.warning("authentication failed", extra={"fields": {"peer": peer, "reason": reason}})
+        return RpcFailure(grpc.StatusCode.UNAUTHENTICATED, f"authentication failed: {reason}")
+
+    def authorize(self, context, role: str, resource: str) -> Principal:
+        """The caller, if it may act as ``role`` on ``resource``; PERMISSION_DENIED if not."""
+        principal = self.principal(context)
+        if not principal.allows(role, resource):
+            what = f"{role} on {resource}" if resource else role
+            raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, f"{principal.name} may not {what}")
+        return principal
+
+    def limit(self, principal: Principal, items: int = 1) -> None:
+        """Spend ``items`` of the caller's decide/feedback rate, or refuse with the delay."""
+        wait = self.limiter.take(principal.name, items)
+        if wait:
+            self.metrics.limited()
+            raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"rate limit reached for {principal.name}; retry in {wait:.3f} s", retry_after=wait)
+
+
+def _peer_host(peer: str | None) -> str:
+    """``ipv4:127.0.0.1:5123`` → ``ipv4:127.0.0.1``: a client's connections share a budget."""
+    if not peer:
+        return "unknown"
+    host, _, port = peer.rpartition(":")
+    return host if port.isdigit() and host else peer
+
+
+def _failure(exc: BaseException, method: str) -> RpcFailure:
+    failure = failure_for(exc)
+    if failure is None:
+        _log.exception("%s failed unexpectedly", method)
+        failure = RpcFailure(grpc.StatusCode.INTERNAL, "internal error (logged by the server)")
+    elif failure.code == grpc.StatusCode.UNAVAILABLE:
+        _log.error("%s: %s", method, failure.message)
+    return failure
+
+
+def _request_id(context) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id":
+            return value[:64]
+    return jsonlog.new_request_id()
+
+
+async def _abort(state: ServiceState, context, method: str, failure: RpcFailure) -> None:
+    request_id = _request_id(context)
+    jsonlog.request_id.set(request_id)
+    _log.info("%s refused", method, extra={"fields": {
+        "method": method, "code": failure.code.name, "message": failure.message}})
+    await context.abort(failure.code, failure.message,
+                        failure.trailing_metadata() + (("x-request-id", request_id),))
+
+
+def unary(method):
+    """Wrap a servicer method (unary or client-streaming response): status codes, metrics,
+    logs."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def handler(self, request, context):
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await method(self, request, context)
+        except RpcFailure as failure:
+            code = failure.code.name
+            await _abort(self.state, context, name, failure)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            code = "CANCELLED"
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything unexpected is INTERNAL, and logged
+            failure = _failure(exc, name)
+            code = failure.code.name
+            await _abort(self.state, context, name, failure)
+        finally:
+            self.state.metrics.rpc(name, code, time.perf_counter() - started)
+
+    return handler
+
+
+def streaming(method):
+    """Wrap a servicer method that returns a stream (an async generator)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def handler(self, request, context):
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            async for item in method(self, request, context):
+                yield item
+        except RpcFailure as failure:
+            code = failure.code.name
+            await _abort(self.state, context, name, failure)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            code = "CANCELLED"
+            raise
+        except Exception as exc:  # noqa: BLE001 - anything unexpected is INTERNAL, and logged
+            failure = _failure(exc, name)
+            code = failure.code.name
+            await _abort(self.state, context, name, failure)
+        finally:
+            self.state.metrics.rpc(name, code, time.perf_counter() - started)
+
+    return handler
+
+
+__all__ = ["RECOVERING", "RESTORING", "SERVING", "STOPPING", "ServiceState", "streaming", "unary"]
