@@ -238,86 +238,6 @@ def test_simulate_bad_arguments_exit_2_with_a_message(args, message, capsys):
     assert "Traceback" not in err
 
 
-# --- demo --------------------------------------------------------------------------------
-
-
-def test_demo_learns_the_true_best_in_most_contexts(capsys):
-    assert main(["demo", "--memory", "--seed", "7", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-
-    assert result["seed"] == 7 and result["rounds_per_context"] == 3000
-    assert len(result["scenarios"]) == 4
-    contexts = [c for s in result["scenarios"] for c in s["contexts"]]
-    assert result["contexts"] == len(contexts) >= 12
-    assert result["learned_true_best"] == sum(c["learned"] for c in contexts)
-    assert result["learned_true_best"] >= len(contexts) - 2
-    # Every scenario has contexts whose true best differs: there is something to learn.
-    for scenario in result["scenarios"]:
-        assert len({c["true_best"] for c in scenario["contexts"]}) > 1
-    for context in contexts:
-        means = context["true_means"]
-        assert context["true_best"] == max(means, key=means.get)
-        assert context["learned"] == (context["learned_best"] == context["true_best"])
-        assert sum(context["pulls"].values()) == 3000
-        assert context["true_best_share"] == context["pulls"][context["true_best"]] / 3000
-        assert 0.0 <= context["mean_reward"] <= 1.0
-
-
-def test_demo_learns_every_context_at_default_settings(capsys):
-    assert main(["demo", "--memory", "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert (result["seed"], result["rounds_per_context"]) == (0, 3000)
-    assert result["learned_true_best"] == result["contexts"] == 12
-
-
-def test_demo_learned_best_is_the_most_played_option(capsys):
-    main(["demo", "--memory", "--seed", "2", "--rounds", "300", "--json"])
-    contexts = [c for s in json.loads(capsys.readouterr().out)["scenarios"] for c in s["contexts"]]
-    for context in contexts:
-        assert context["pulls"][context["learned_best"]] == max(context["pulls"].values())
-
-
-def test_demo_autoscale_reward_is_continuous(capsys):
-    main(["demo", "--memory", "--rounds", "200", "--json"])
-    scenarios = {s["title"]: s for s in json.loads(capsys.readouterr().out)["scenarios"]}
-    autoscale = scenarios["Autoscale"]
-    assert autoscale["reward"] == "continuous"
-    assert autoscale["options"] == ["2", "4", "8", "16"]
-    assert [c["context"] for c in autoscale["contexts"]] == ["night", "day", "peak"]
-
-
-def test_demo_is_deterministic_for_a_seed(capsys):
-    main(["demo", "--memory", "--seed", "3", "--rounds", "500", "--json"])
-    first = capsys.readouterr().out
-    main(["demo", "--memory", "--seed", "3", "--rounds", "500", "--json"])
-    assert capsys.readouterr().out == first
-    main(["demo", "--memory", "--seed", "4", "--rounds", "500", "--json"])
-    assert capsys.readouterr().out != first
-
-
-def test_demo_text_has_a_table_per_scenario_and_a_summary(capsys):
-    assert main(["demo", "--memory", "--seed", "7", "--rounds", "1000"]) == 0
-    out = capsys.readouterr().out
-
-    for title in ("LLM tier routing", "Retry policy", "Autoscale", "Fraud threshold band"):
-        assert title in out
-    assert out.count("context  ") >= 4  # a header row per scenario
-    assert "learned best = the option the capsule played most" in out
-    assert "tenants/demo/jobs/llm/capsules/" in out
-    last = out.strip().splitlines()[-1]
-    assert last.endswith("of 12 contexts learned their true best option.")
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [(["--rounds", "0"], "rounds must be an integer"), (["--seed", "-5"], "seed must be")],
-)
-def test_demo_bad_arguments_exit_2(args, message, capsys):
-    code = main(["demo", "--memory", *args])
-    err = capsys.readouterr().err
-    assert code == 2 and "syntra demo: error:" in err and message in err
-
-
 # --- the command itself ------------------------------------------------------------------
 
 
@@ -358,18 +278,3 @@ def test_program_bad_arguments_exit_2_without_a_traceback():
     assert done.returncode == 2
     assert "2 options need 2 true rewards, got 3" in done.stderr
     assert "Traceback" not in done.stderr
-
-
-def test_demo_runs_on_a_durable_store_and_verifies_it(tmp_path, capsys):
-    store = tmp_path / "demo-store"
-    (store / "stale").mkdir(parents=True)  # the demo owns its directory: it starts afresh
-    assert main(["demo", "--rounds", "200", "--data", str(store), "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["store"] == {"path": str(store), "verified": True}
-    assert not (store / "stale").exists()
-    from syntra import Engine
-
-    with Engine.open(store) as engine:
-        decisions = sum(c.decisions for c in engine.capsules())
-    assert decisions == 200 * report["contexts"]
-    assert main(["verify", str(store)]) == 0

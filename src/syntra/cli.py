@@ -23,6 +23,8 @@ from syntra_core.budget import BudgetError
 
 from syntra import __version__
 from syntra.capsule import ALGORITHMS
+from syntra.cli_api import add_api_commands
+from syntra.cli_serve import add_serve
 from syntra.errors import SyntraError
 
 if TYPE_CHECKING:
@@ -57,7 +59,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add_command in (_add_simulate, _add_demo, _add_logs, _add_verify, _add_budget, _add_author):
+    for add_command in (_add_simulate, _add_demo, _add_logs, _add_verify, _add_budget, _add_author, add_serve,
+                        add_api_commands):
         add_command(subparsers)
     return parser
 
@@ -201,62 +204,155 @@ def _format_simulation(result: SimulationResult) -> str:
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
-    from syntra.demo import DEFAULT_ROUNDS
+    from syntra.demo import DEFAULT_DATA, DEFAULT_ROUNDS
 
     parser = subparsers.add_parser(
         "demo",
-        help="learn the best option per context in a few built-in scenarios",
-        description="Drive simulated traffic through built-in scenarios (LLM routing, retries, "
-        "autoscaling, fraud thresholds) and show what each context learned: the option its "
-        "capsule played most.",
+        help="run a real server, teach the example capsules, show what they learned",
+        description="Start syntra serve (dev mode, loopback, free ports, a fresh admin key), "
+        "install the example capsules of examples/ through the gRPC API, drive simulated "
+        "traffic at them (each context has its own best option), show what each context "
+        "learned against the truth, keep serving (--duration), then stop the server "
+        "gracefully and verify its store. Exits 0 only if every context learned its true "
+        "best option and the store verifies.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the simulated worlds (default 0)")
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                         help=f"decisions per context (default {DEFAULT_ROUNDS})")
-    parser.add_argument("--data", default="syntra-data/demo", metavar="DIR",
-                        help="the demo's durable store, recreated on every run and then "
-                        "verified (default syntra-data/demo)")
-    parser.add_argument("--memory", action="store_true",
-                        help="keep everything in memory instead of a durable store")
+    parser.add_argument("--data", default=DEFAULT_DATA, metavar="DIR",
+                        help=f"the server's data directory, recreated on every run and verified at the "
+                        f"end (default {DEFAULT_DATA})")
+    parser.add_argument("--duration", type=float, metavar="SECONDS",
+                        help="keep serving this long after the traffic (default: until Ctrl-C when "
+                        "stdout is a terminal and without --json, else 0)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(run=_run_demo, parser=parser)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from syntra.demo import run_demo
-    from syntra.simulate import InvalidSimulation
+    from syntra.client import SyntraRpcError
+    from syntra.demo import Demo, DemoFailed
+    from syntra.verify import verify_store
 
-    data = None if args.memory else args.data
+    if args.duration is not None and not 0 <= args.duration < float("inf"):
+        args.parser.error(f"--duration must be a number of seconds >= 0, got {args.duration}")
+    interactive = sys.stdout.isatty() and not args.json
+    duration = args.duration if args.duration is not None else (None if interactive else 0.0)
     try:
-        result = run_demo(seed=args.seed, rounds=args.rounds, data=data)
-    except InvalidSimulation as error:
+        demo = Demo(args.data, seed=args.seed, rounds=args.rounds)
+    except ValueError as error:
         args.parser.error(str(error))
+    say = (lambda text="": None) if args.json else (lambda text="": print(text, flush=True))
+    try:
+        with demo:
+            server = demo.server
+            say(f"syntra serve --dev-mode is up (pid {server.pid}): gRPC {server.address}, "
+                f"ops http://{server.ops_address}, data {demo.data}")
+            installed = demo.install()
+            say(f"installed {len(installed)} example capsules from {demo.examples}")
+            say(f"{demo.rounds:,} decisions per context (seed {demo.seed}), through DecideBatch and FeedbackBatch:")
+            with _DemoProgress(demo.rounds, bars=interactive, lines=not args.json and not interactive) as progress:
+                result = demo.drive(progress=progress.start, finished=progress.finish)
+            say()
+            say(_format_demo(result))
+            say()
+            say(f"serving: gRPC {server.address}, metrics http://{server.ops_address}/metrics")
+            if duration != 0:
+                token = demo.visitor_token(duration)
+                say(f"try it:  SYNTRA_SERVER={server.address} SYNTRA_TOKEN={token} syntra report "
+                    f"{next(iter(installed.values()))}")
+                say("(that token may act on tenants/demo only; the admin key never leaves the demo)")
+                say("Ctrl-C stops the server" if duration is None else f"serving for {duration:g} s")
+            stopped_by = demo.serve(duration)
+            say(f"stopping the server (SIGTERM){', interrupted' if stopped_by == 'interrupted' else ''}")
+            exit_code = demo.stop()
+    except DemoFailed as error:
+        print(f"syntra demo: error: {error}", file=sys.stderr)
+        return 1
+    except SyntraRpcError as error:
+        print(f"syntra demo: error: {error.code.name}: {error.message} (the server's log: "
+              f"{demo.server.log_path})", file=sys.stderr)
+        return 1
+    if stopped_by == "server exited":
+        print(f"syntra demo: error: the server exited on its own (code {exit_code}); its log:\n"
+              f"{demo.server.log_tail()}", file=sys.stderr)
+    proof = verify_store(demo.server.store)
     report = result.to_dict()
-    lines = [_format_demo(result)]
-    if data is not None:
-        from syntra.verify import verify_store
+    report["server"] = {"address": demo.server.address, "ops": demo.server.ops_address, "pid": demo.server.pid,
+                        "exit_code": exit_code, "stopped_by": stopped_by}
+    report["store"] = {"path": str(demo.server.store), "verified": proof.ok}
+    succeeded = result.learned == result.contexts and exit_code == 0 and proof.ok
+    report["ok"] = succeeded
+    say(f"stopped (exit code {exit_code})")
+    say(f"store {demo.server.store}: {_format_verify(proof)}")
+    if args.json:
+        print(json.dumps(report, allow_nan=False))
+    elif succeeded:
+        say(f"inspect it: syntra verify {demo.server.store}; "
+            f"syntra logs export {demo.server.store} --out decisions.parquet")
+    if succeeded:
+        return 0
+    why = []
+    if result.learned < result.contexts:
+        why.append(f"only {result.learned} of {result.contexts} contexts learned their true best option"
+                   " (more --rounds would help)")
+    if exit_code != 0:
+        why.append(f"the server exited with code {exit_code}")
+    if not proof.ok:
+        why.append("the store does not verify")
+    print(f"syntra demo: failed: {'; '.join(why)}", file=sys.stderr)
+    return 1
 
-        proof = verify_store(data)
-        report["store"] = {"path": str(data), "verified": proof.ok}
-        lines += ["", f"store {data}: {_format_verify(proof)}",
-                  f"inspect it with: syntra verify {data}; syntra logs export {data} --out decisions.parquet"]
-        if not proof.ok:
-            print("\n".join(lines) if not args.json else json.dumps(report), file=sys.stderr)
-            return 1
-    print(json.dumps(report, allow_nan=False) if args.json else "\n".join(lines))
-    return 0
+
+class _DemoProgress:
+    """The demo's traffic as it goes: a tqdm bar per capsule (``bars``, on a terminal), or
+    a line per capsule as it finishes (``lines``), or nothing."""
+
+    def __init__(self, rounds: int, *, bars: bool, lines: bool):
+        import threading
+
+        self._rounds = rounds
+        self._bars_wanted = bars
+        self._lines = lines
+        self._bars: list = []
+        self._lock = threading.Lock()  # one capsule's thread at a time on the terminal
+
+    def start(self, world) -> Callable[[int], None] | None:
+        if not self._bars_wanted:
+            return None
+        from tqdm import tqdm
+
+        with self._lock:
+            bar = tqdm(total=self._rounds * len(world.true_means), desc=world.example, unit="decision",
+                       unit_scale=True, file=sys.stdout, position=len(self._bars), leave=True)
+            self._bars.append(bar)
+
+        def advance(count: int) -> None:
+            with self._lock:
+                bar.update(count)
+
+        return advance
+
+    def finish(self, outcome) -> None:
+        if self._lines:
+            with self._lock:
+                print(f"  {outcome.example}: {outcome.decisions:,} decisions in {outcome.seconds:.1f} s", flush=True)
+
+    def __enter__(self) -> _DemoProgress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for bar in self._bars:
+            bar.close()
 
 
 def _format_demo(result: DemoResult) -> str:
-    lines = [
-        f"{result.rounds:,} decisions per context, seed {result.seed}",
-        "learned best = the option the capsule played most (a tie goes to the higher mean)",
-    ]
+    lines = ["learned best = the option the capsule played most (a tie goes to the higher mean)"]
     for scenario in result.scenarios:
         rows = [
             [
                 c.context,
-                c.learned_best or "-",
+                (c.learned_best or "-") + ("" if c.learned else "  <- not the true best"),
                 c.true_best,
                 f"{c.true_best_share:.1%}",
                 f"{c.mean_reward:.3f}",
@@ -266,13 +362,12 @@ def _format_demo(result: DemoResult) -> str:
         lines += [
             "",
             f"{scenario.title}  ({scenario.name})",
-            f"reward: {scenario.meaning} ({scenario.reward})",
+            f"reward 1 = {scenario.meaning}",
             _table(["context", "learned best", "true best", "share to true best", "mean reward"],
                    rows, "<<<>>"),
         ]
-        if scenario.spend is not None:
-            spent = ", ".join(f"{option} {amount:,}" for option, amount in scenario.spend.items())
-            lines.append(f"budget spent, microcents: {spent} (total {sum(scenario.spend.values()):,})")
+        for sequence in scenario.drift_at:
+            lines.append(f"drift detected at decision {sequence:,}: the capsule went back to warmup")
     lines += ["", f"{result.learned} of {result.contexts} contexts learned their true best option."]
     return "\n".join(lines)
 
