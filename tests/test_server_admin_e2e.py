@@ -271,3 +271,31 @@ def test_concurrent_clients_in_several_processes(server, admin, tmp_path):
     assert capsule.decisions == 400 and capsule.pending == 0
     report = admin.call(admin.capsules.GetReport, capsule_pb2.GetReportRequest(name=name)).report
     assert sum(report["contexts"]["k"]["pulls"].values()) == 400
+
+
+def test_logs_are_json_with_request_ids_and_never_hold_secrets(server, admin):
+    import json
+
+    name = install_plain(admin, "tenants/logs/jobs/j", "c")
+    created = admin.call(admin.admin.CreateToken, admin_pb2.CreateTokenRequest(
+        scopes=[admin_pb2.Scope(role="read", resource="tenants/logs/jobs/j")], ttl_seconds=60))
+    refused = Api(server.address, created.secret)
+    try:
+        failing(lambda: decide(refused, name))                    # PERMISSION_DENIED, logged
+    finally:
+        refused.close()
+    bogus = Api(server.address, "syn_0123456789abcdef_" + "B" * 43)
+    try:
+        failing(lambda: decide(bogus, name))                      # UNAUTHENTICATED, logged
+    finally:
+        bogus.close()
+    time.sleep(0.3)   # the log lines cross a pipe
+    lines = [json.loads(line) for line in server.stderr_lines if line.startswith("{")]
+    assert len(lines) == len([line for line in server.stderr_lines if line.strip()])   # every line is JSON
+    installed = [e for e in lines if e.get("method") == "InstallCapsule" and e.get("parent") == "tenants/logs/jobs/j"]
+    assert any(e.get("principal") == "admin-key" and e.get("request_id") for e in installed)
+    assert any(e.get("code") == "PERMISSION_DENIED" and e.get("request_id") for e in lines)
+    assert any(e.get("msg") == "authentication failed" and e.get("reason") for e in lines)
+    text = "".join(server.stderr_lines)
+    assert server.admin_key not in text
+    assert created.secret.rsplit("_", 1)[1] not in text and "B" * 43 not in text

@@ -8,6 +8,7 @@ through); :func:`unary` and :func:`streaming` do the rest, the same way for ever
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import time
@@ -26,6 +27,14 @@ _log = logging.getLogger("syntra.server")
 
 RECOVERING, SERVING, RESTORING, STOPPING = "recovering", "serving", "restoring", "stopping"
 _BEARER = "bearer "
+# Calls that change what the service is (not decisions and feedback): each success is
+# logged, with who made it, so the log says who did what to which resource.
+LOGGED_ON_SUCCESS = frozenset({
+    "InstallCapsule", "DeleteCapsule", "UpdateLearningConfig", "UpdateRewardSpec", "UpdatePolicy",
+    "FreezeCapsule", "UnfreezeCapsule", "CreateToken", "RevokeToken", "Backup", "Restore",
+})
+# Who the current call authenticated as (for the log lines above).
+_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("syntra_caller", default=None)
 
 
 class ServiceState:
@@ -69,7 +78,9 @@ class ServiceState:
                 break
         if secret:
             try:
-                return self.tokens.authenticate(secret)
+                principal = self.tokens.authenticate(secret)
+                _caller.set(principal.name)
+                return principal
             except Unauthenticated as exc:
                 reason = exc.reason
         else:
@@ -129,6 +140,16 @@ def _request_id(context) -> str:
     return jsonlog.new_request_id()
 
 
+def _log_success(context, method: str, request) -> None:
+    jsonlog.request_id.set(_request_id(context))
+    fields = {"method": method, "principal": _caller.get()}
+    for name in ("name", "parent", "capsule_id"):
+        value = getattr(request, name, None)
+        if isinstance(value, str) and value:
+            fields[name] = value
+    _log.info("%s done", method, extra={"fields": fields})
+
+
 async def _abort(state: ServiceState, context, method: str, failure: RpcFailure) -> None:
     request_id = _request_id(context)
     jsonlog.request_id.set(request_id)
@@ -148,7 +169,10 @@ def unary(method):
         started = time.perf_counter()
         code = "OK"
         try:
-            return await method(self, request, context)
+            response = await method(self, request, context)
+            if name in LOGGED_ON_SUCCESS:
+                _log_success(context, name, request)
+            return response
         except RpcFailure as failure:
             code = failure.code.name
             await _abort(self.state, context, name, failure)
@@ -176,6 +200,8 @@ def streaming(method):
         try:
             async for item in method(self, request, context):
                 yield item
+            if name in LOGGED_ON_SUCCESS:
+                _log_success(context, name, request)
         except RpcFailure as failure:
             code = failure.code.name
             await _abort(self.state, context, name, failure)
