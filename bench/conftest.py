@@ -24,6 +24,7 @@ COMPARISONS = [
      "vs plain Python", "capsule_round", "python_round"),
     ("Thompson 5-arm round, batched Thompson, exact propensities: raw rule in a C loop "
      "vs River", "raw_rule_round", "river_round"),
+    ("Decide (fsync) vs bare grpc.aio echo, 16 unary calls in flight", "syntra_decide_unary", "grpc_echo_unary"),
     ("WAL, 16 writers x 100 B: group commit vs fsync per record", "wal_group_commit", "wal_fsync_per_record"),
     ("WAL, 16 writers x 100 B: group commit (fsync) vs no sync", "wal_group_commit", "wal_no_sync"),
     ("budget reserve+commit: Cython arena from Python vs a Python dict under a lock",

@@ -14,6 +14,7 @@ import grpc
 
 from syntra.errors import InvalidContext, SyntraError
 from syntra.names import CapsuleName
+from syntra.server.coalesce import Coalescer
 from syntra.server.convert import decide_arguments, decision_message, feedback_arguments
 from syntra.server.rpc import ServiceState, streaming, unary
 from syntra.server.status import RpcFailure, failure_for, invalid, item_error
@@ -36,6 +37,8 @@ def _capsule_name(name: str, field: str) -> str:
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     def __init__(self, state: ServiceState):
         self.state = state
+        self._decides = Coalescer("decide_many_async")
+        self._feedbacks = Coalescer("feedback_many_async")
 
     def _capsule(self, engine, context, role: str, name: str, field: str):
         """The capsule ``name`` if the caller may act as ``role`` on it."""
@@ -56,7 +59,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             if "program" in capsule.config:   # a program may run for its time limit: off the loop
                 d = await self.state.run_blocking(capsule.decide, **arguments)
             else:
-                d = await capsule.decide_async(**arguments)
+                d = await self._decides.submit(capsule, arguments)
         except InvalidContext as exc:
             raise failure_for(exc, "features" if "features" in arguments else "context_key") from None
         self._count(capsule, (d,))
@@ -110,9 +113,9 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
         engine = self.state.live_engine()
         principal, capsule = self._capsule(engine, context, "feedback", request.capsule, "capsule")
         self.state.limit(principal)
-        decision_id = _decision_id(request.decision_id, "decision_id")
         arguments = feedback_arguments(request, "")
-        await capsule.feedback_async(decision_id, **arguments)
+        arguments["decision_id"] = decision_id = _decision_id(request.decision_id, "decision_id")
+        await self._feedbacks.submit(capsule, arguments)
         self.state.metrics.fed_back(capsule.name)
         return decision_pb2.FeedbackResponse(decision_id=decision_id)
 
