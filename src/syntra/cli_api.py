@@ -103,6 +103,8 @@ def _connection_options() -> argparse.ArgumentParser:
     group.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}; backup and restore"
                        f" {TRANSFER_TIMEOUT:g})")
+    group.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's roots")
+    group.add_argument("--tls-ca", metavar="PEM", help="connect with TLS, trusting these root certificates")
     group.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     return parent
 
@@ -130,8 +132,15 @@ def _calling(run: Callable[[Any, argparse.Namespace], int]) -> Callable[[argpars
                 return 2
         token = args.token or os.environ.get(TOKEN_ENV) or None
         timeout = args.timeout or args.default_timeout
+        tls: bool | bytes = args.tls
+        if args.tls_ca:
+            try:
+                tls = Path(args.tls_ca).read_bytes()
+            except OSError as error:
+                print(f"{args.parser.prog}: error: --tls-ca: {error.strerror}: {args.tls_ca}", file=sys.stderr)
+                return 2
         try:
-            with Client(server, token=token, timeout=timeout) as client:
+            with Client(server, token=token, timeout=timeout, tls=tls) as client:
                 return run(client, args)
         except SyntraRpcError as error:
             print(f"{args.parser.prog}: error: {error.code.name}: {error.message}", file=sys.stderr)

@@ -37,6 +37,10 @@ def add_serve(subparsers: argparse._SubParsersAction) -> None:
                         help="fsync (default) or none (tests and benchmarks only: acknowledged is not durable)")
     parser.add_argument("--commit-window-us", type=int, default=200,
                         help="group-commit window in microseconds (default 200)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    parser.add_argument("--tls-key", metavar="PEM", help="the TLS certificate's private key")
+    parser.add_argument("--plaintext", action="store_true",
+                        help="allow plaintext on a non-loopback address (behind a TLS-terminating proxy)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(run=run_serve, parser=parser)
 
@@ -59,7 +63,9 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServerConfig(
         data=Path(args.data), listen=args.listen, ops_listen=None if args.no_ops else args.ops_listen,
         admin_key=admin_key, dev_mode=args.dev_mode, rate=args.rate, burst=args.burst,
-        durability=args.durability, commit_window_us=args.commit_window_us)
+        durability=args.durability, commit_window_us=args.commit_window_us,
+        tls_cert=args.tls_cert and Path(args.tls_cert), tls_key=args.tls_key and Path(args.tls_key),
+        plaintext=args.plaintext)
     try:
         config.check()
     except InvalidConfig as error:

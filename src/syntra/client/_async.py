@@ -29,8 +29,9 @@ class AsyncClient:
 
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None, timeout: float = 1.0,
                  retries: int = 3, initial_backoff: float = 0.05, max_backoff: float = 1.0,
-                 channel: grpc.aio.Channel | None = None, options: Iterable[tuple[str, Any]] = ()):
-        self._settings = Settings.check(target, token, timeout, retries, initial_backoff, max_backoff)
+                 channel: grpc.aio.Channel | None = None, options: Iterable[tuple[str, Any]] = (),
+                 tls: bool | bytes = False):
+        self._settings = Settings.check(target, token, timeout, retries, initial_backoff, max_backoff, tls)
         self._options = tuple(options)
         self._owns_channel = channel is None
         self._channel = channel
@@ -40,8 +41,11 @@ class AsyncClient:
 
     def _stub(self, name: str):
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self._settings.target,
-                                                      options=self._settings.channel_options(self._options))
+            channel_options = self._settings.channel_options(self._options)
+            credentials = self._settings.credentials()
+            self._channel = (grpc.aio.insecure_channel(self._settings.target, options=channel_options)
+                             if credentials is None else
+                             grpc.aio.secure_channel(self._settings.target, credentials, options=channel_options))
         if name not in self._stubs:
             self._stubs[name] = calls.STUBS[name](self._channel)
         return self._stubs[name]

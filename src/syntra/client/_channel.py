@@ -10,6 +10,8 @@ import random
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grpc
+
 from syntra.errors import InvalidArgument
 
 DEFAULT_TARGET = "127.0.0.1:7443"
@@ -38,10 +40,12 @@ class Settings:
     retries: int
     initial_backoff: float
     max_backoff: float
+    # False: plaintext; True: TLS trusting the system's roots; bytes: TLS trusting these PEM roots.
+    tls: bool | bytes = False
 
     @classmethod
     def check(cls, target: str, token: str | None, timeout: float, retries: int, initial_backoff: float,
-              max_backoff: float) -> Settings:
+              max_backoff: float, tls: bool | bytes = False) -> Settings:
         if not isinstance(target, str) or not target:
             raise InvalidArgument("target", f"must be a non-empty 'host:port', got {target!r}")
         if token is None:
@@ -56,7 +60,15 @@ class Settings:
         if max_backoff < initial_backoff:
             raise InvalidArgument("max_backoff", f"must be at least initial_backoff ({initial_backoff}), "
                                                  f"got {max_backoff}")
-        return cls(target, token or None, float(timeout), retries, float(initial_backoff), float(max_backoff))
+        if not isinstance(tls, bool | bytes):
+            raise InvalidArgument("tls", f"must be True, False or PEM root certificates (bytes), got {type(tls).__name__}")
+        return cls(target, token or None, float(timeout), retries, float(initial_backoff), float(max_backoff), tls)
+
+    def credentials(self):
+        """The channel's TLS credentials, or None for plaintext."""
+        if self.tls is False:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=None if self.tls is True else self.tls)
 
     def call_timeout(self, timeout: float | None) -> float:
         """A call's deadline in seconds: its own ``timeout`` or the client's."""

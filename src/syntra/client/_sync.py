@@ -36,11 +36,15 @@ class Client:
 
     def __init__(self, target: str = DEFAULT_TARGET, *, token: str | None = None, timeout: float = 1.0,
                  retries: int = 3, initial_backoff: float = 0.05, max_backoff: float = 1.0,
-                 channel: grpc.Channel | None = None, options: Iterable[tuple[str, Any]] = ()):
-        self._settings = Settings.check(target, token, timeout, retries, initial_backoff, max_backoff)
+                 channel: grpc.Channel | None = None, options: Iterable[tuple[str, Any]] = (),
+                 tls: bool | bytes = False):
+        self._settings = Settings.check(target, token, timeout, retries, initial_backoff, max_backoff, tls)
         self._owns_channel = channel is None
         if channel is None:
-            channel = grpc.insecure_channel(target, options=self._settings.channel_options(tuple(options)))
+            channel_options = self._settings.channel_options(tuple(options))
+            credentials = self._settings.credentials()
+            channel = (grpc.insecure_channel(target, options=channel_options) if credentials is None
+                       else grpc.secure_channel(target, credentials, options=channel_options))
         self._channel = channel
         self._stubs = {name: stub(channel) for name, stub in calls.STUBS.items()}
 

@@ -69,7 +69,9 @@ TOKENS_FILE = "tokens.json"
 @dataclasses.dataclass
 class ServerConfig:
     """How ``syntra serve`` runs. ``admin_key`` is required unless ``dev_mode``, which also
-    restricts ``listen`` and ``ops_listen`` to loopback."""
+    restricts ``listen`` and ``ops_listen`` to loopback. Bearer tokens cross the wire, so
+    a non-loopback ``listen`` needs TLS (``tls_cert`` and ``tls_key``, PEM files) unless
+    ``plaintext`` says a TLS-terminating proxy sits in front."""
 
     data: Path = Path("syntra-data")
     listen: str = "127.0.0.1:7443"
@@ -85,6 +87,9 @@ class ServerConfig:
     durability: str = "fsync"
     commit_window_us: int = 200
     workers: int = 4
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    plaintext: bool = False
 
     def check(self) -> None:
         if self.admin_key is None and not self.dev_mode:
@@ -98,6 +103,22 @@ class ServerConfig:
             host, _ = split_address(address, option)
             if self.dev_mode and not _loopback(host):
                 raise InvalidConfig(f"{option} {address}: dev mode serves on loopback only")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidConfig("TLS needs both --tls-cert and --tls-key")
+        host, _ = split_address(self.listen, "--listen")
+        if self.tls_cert is None and not self.plaintext and not _loopback(host):
+            raise InvalidConfig(f"--listen {self.listen}: tokens would cross the network in plaintext; give"
+                                " --tls-cert and --tls-key, or --plaintext behind a TLS-terminating proxy")
+
+    def server_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS credentials from the PEM files, or None for plaintext."""
+        if self.tls_cert is None:
+            return None
+        try:
+            chain, key = Path(self.tls_cert).read_bytes(), Path(self.tls_key).read_bytes()
+        except OSError as exc:
+            raise InvalidConfig(f"cannot read the TLS certificate or key: {exc}") from None
+        return grpc.ssl_server_credentials([(key, chain)])
 
 
 def split_address(address: str, option: str = "address") -> tuple[str, int]:
@@ -154,7 +175,12 @@ class SyntraServer:
             SERVICES + (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         host, port = split_address(self.config.listen, "--listen")
-        self.port = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credentials = self.config.server_credentials()
+        if credentials is None:
+            self.port = server.add_insecure_port(address)
+        else:
+            self.port = server.add_secure_port(address, credentials)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.config.listen}")
         await server.start()
