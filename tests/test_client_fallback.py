@@ -288,7 +288,8 @@ def test_a_call_reaches_a_server_that_starts_after_its_first_attempt(tmp_path):
     answers: list = []
     with socket.create_server(("127.0.0.1", 0)) as reserved:
         address = f"127.0.0.1:{reserved.getsockname()[1]}"
-        with Client(address, token=admin_key, timeout=30, retries=4, initial_backoff=0.4, max_backoff=4.0,
+        # Backoff 1, 2, 4, 8 s: room for a server that starts slowly on a loaded machine.
+        with Client(address, token=admin_key, timeout=60, retries=4, initial_backoff=1.0, max_backoff=10.0,
                     options=OWN_CONNECTION) as client:
             caller = threading.Thread(target=lambda: answers.append(_capture(client.list_capsules)), daemon=True)
             caller.start()
@@ -300,7 +301,7 @@ def test_a_call_reaches_a_server_that_starts_after_its_first_attempt(tmp_path):
             assert answers == []
             with ServerProcess(tmp_path / "data", durability="none", admin_key=admin_key,
                                args=("--listen", address)):
-                caller.join(30)
+                caller.join(60)
     assert answers == [[]], answers   # the call succeeded: an empty store has no capsules
 
 

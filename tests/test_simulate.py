@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from syntra.capsule import MAX_OPTION_NAME, MAX_OPTIONS
+from syntra.capsule_config import MAX_OPTION_NAME, MAX_OPTIONS
 from syntra.cli import main
 from syntra.errors import SyntraError
 from syntra.simulate import (

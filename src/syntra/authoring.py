@@ -52,7 +52,7 @@ import blake3
 import lycan
 import yaml
 
-from syntra.capsule import MAX_OPTION_NAME, MAX_OPTIONS
+from syntra.capsule_config import MAX_OPTION_NAME, MAX_OPTIONS
 from syntra.errors import SyntraError
 from syntra.store.files import make_directory, write_atomically
 

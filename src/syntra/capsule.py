@@ -1,10 +1,10 @@
-"""Capsules: what one installed capsule is, and how its inputs are checked.
+"""Capsules: what one installed capsule is.
 
 A :class:`Capsule` holds its options, reward spec and rule over a compiled
-:class:`~syntra_core.learner.Learner`; a :class:`DurableCapsule` also writes every decision
-and feedback to the engine's WAL before it returns. Both are created by
-:class:`syntra.engine.Engine`, never directly. The ``_check_*`` helpers validate what callers
-pass in and are shared with the simulator.
+:class:`~syntra_core.learner.Learner`; a :class:`~syntra.durable_capsule.DurableCapsule` also
+writes every decision and feedback to the engine's WAL before it returns. Both are created by
+:class:`syntra.engine.Engine`, never directly. What callers pass in is checked by the helpers
+in :mod:`syntra.capsule_config`, shared with the simulator.
 """
 
 from __future__ import annotations
@@ -16,29 +16,27 @@ import math
 import numbers
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from syntra_core.bandits import (
-    DEFAULT_SAMPLES,
-    MAX_ARMS,
-    UCB1,
-    ArmTable,
-    BetaThompson,
-    EpsilonGreedy,
-    GaussianThompson,
-    Greedy,
-    Rule,
-    Softmax,
-)
+from syntra_core.bandits import ArmTable, Rule
 from syntra_core.budget import BudgetError
 from syntra_core.learner import Decision, FeedbackStatus, Learner, with_assessment
 
 from syntra.budget.gate import BudgetSpec, CapsuleBudget, learned_quality_bps
-from syntra.program import ProgramSpec, run_decision
+from syntra.capsule_config import (
+    MAX_CONTEXT_KEY,
+    _check_context,
+    _check_reward,
+    _check_shadow_learning,
+    _direct,
+    _merged,
+    _plain_inputs,
+    candidate_names,
+    checked_learning,
+    learning_of,
+)
 from syntra.errors import (
     DuplicateFeedback,
     FailedPrecondition,
@@ -57,22 +55,9 @@ from syntra.learning.config import LearningConfig
 from syntra.learning.features import ContextEncoder
 from syntra.learning.policy import FROZEN, Policy
 from syntra.learning.rewards import RewardSpec
-from syntra.store.records import (
-    REFUSED_OPTION,
-    FeedbackRecord,
-    RecordType,
-    encode_decision,
-    encode_json,
-)
+from syntra.program import ProgramSpec, run_decision
 from syntra.store.state import encode_state
 
-MAX_OPTIONS = MAX_ARMS
-MAX_OPTION_NAME = 128
-MAX_CONTEXT_KEY = 256
-# Rewards are summed in float64: bounding them keeps sums and squares finite.
-MAX_REWARD_MAGNITUDE = 1e12
-# Posterior draws per Thompson refresh (samples x options) stay within a few milliseconds.
-MAX_THOMPSON_DRAWS = 1 << 20
 # Most contexts one call of Capsule.contexts returns.
 MAX_CONTEXTS_PAGE = 10_000
 # What a batch item may hold: Capsule.decide's and Capsule.feedback's keyword arguments.
@@ -83,222 +68,6 @@ FEEDBACK_FIELDS = frozenset({"decision_id", "reward", "cost", "components", "sig
 _ITEM_ERRORS = (SyntraError, BudgetError)
 # Operator actions (LEARNING records) and the field of the record that carries their argument.
 ACTION_FIELDS = {"update_learning": "learning", "update_reward_spec": "reward", "update_policy": "policy"}
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    kind: type  # int or float
-    low: float
-    high: float
-    low_inclusive: bool = True
-
-
-# Each algorithm's rule class and the settings it accepts.
-ALGORITHMS: dict[str, tuple[type, dict[str, Setting]]] = {
-    "thompson": (BetaThompson, {
-        "prior_a": Setting(float, 0.0, 1e9, low_inclusive=False),
-        "prior_b": Setting(float, 0.0, 1e9, low_inclusive=False),
-        "samples": Setting(int, 1, 100_000),
-        "max_staleness": Setting(float, 0.0, 1.0),
-    }),
-    "ucb1": (UCB1, {"exploration": Setting(float, 0.0, 100.0)}),
-    "gaussian_thompson": (GaussianThompson, {
-        "prior_mean": Setting(float, -MAX_REWARD_MAGNITUDE, MAX_REWARD_MAGNITUDE),
-        "prior_strength": Setting(float, 0.0, 1e9, low_inclusive=False),
-        "samples": Setting(int, 1, 100_000),
-        "max_staleness": Setting(float, 0.0, 1.0),
-    }),
-    "epsilon_greedy": (EpsilonGreedy, {
-        "epsilon": Setting(float, 0.0, 1.0),
-        "decay": Setting(float, 0.0, 1e9),
-    }),
-    "softmax": (Softmax, {"temperature": Setting(float, 0.0, 1e9, low_inclusive=False)}),
-    "greedy": (Greedy, {}),
-    # The meta-bandit and the linear rules take their settings from learning.json's meta
-    # and linear sections.
-    "auto": (None, {}),
-    "linucb": (None, {}),
-    "lints": (None, {}),
-}
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_settings(algorithm: object, settings: Mapping[str, Any] | None, n_options: int) -> dict[str, Any]:
-    if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
-        raise InvalidConfig(f"algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
-    if settings is not None and not isinstance(settings, Mapping):
-        raise InvalidConfig(f"settings must be a mapping, got {type(settings).__name__}")
-    allowed = ALGORITHMS[algorithm][1]
-    checked = {}
-    for name, value in (settings or {}).items():
-        spec = allowed.get(name)
-        if spec is None:
-            raise InvalidConfig(f"unknown {algorithm} settings: {name!r} (allowed: {sorted(allowed)})")
-        if not (isinstance(value, int) if spec.kind is int else _is_number(value)) or isinstance(value, bool):
-            raise InvalidConfig(f"{algorithm} setting {name} must be {spec.kind.__name__}, got {value!r}")
-        try:
-            number = spec.kind(value)
-        except OverflowError:
-            number = float("inf")
-        above_low = number > spec.low or (spec.low_inclusive and number == spec.low)
-        if not (above_low and number <= spec.high):
-            bracket = "[" if spec.low_inclusive else "("
-            raise InvalidConfig(
-                f"{algorithm} setting {name} must be in {bracket}{spec.low:g}, {spec.high:g}], got {value!r}"
-            )
-        checked[name] = number
-    if algorithm == "thompson" and checked.get("samples", DEFAULT_SAMPLES) * n_options > MAX_THOMPSON_DRAWS:
-        raise InvalidConfig(
-            f"thompson samples x options must be at most {MAX_THOMPSON_DRAWS}, got"
-            f" {checked.get('samples', DEFAULT_SAMPLES)} x {n_options}"
-        )
-    return checked
-
-
-def _check_options(options: object) -> tuple[str, ...]:
-    if isinstance(options, str) or not isinstance(options, Iterable):
-        raise InvalidConfig("options must be a list of option names")
-    names = tuple(options)
-    if not 1 <= len(names) <= MAX_OPTIONS:
-        raise InvalidConfig(f"a capsule needs 1 to {MAX_OPTIONS} options, got {len(names)}")
-    for name in names:
-        if not isinstance(name, str) or not 1 <= len(name) <= MAX_OPTION_NAME:
-            raise InvalidConfig(
-                f"option names must be strings of 1-{MAX_OPTION_NAME} characters, got {name!r}"
-            )
-    if len(set(names)) != len(names):
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        raise InvalidConfig(f"option names must be unique, repeated: {duplicates}")
-    return names
-
-
-def _check_context(context_key: object) -> None:
-    if type(context_key) is not str or len(context_key) > MAX_CONTEXT_KEY:
-        raise InvalidContext(
-            f"context_key must be a string of at most {MAX_CONTEXT_KEY} characters,"
-            f" got {type(context_key).__name__} {str(context_key)[:40]!r}"
-        )
-    try:
-        context_key.encode()
-    except UnicodeEncodeError:
-        raise InvalidContext(f"context_key must be valid Unicode text, got {context_key[:40]!r}") from None
-
-
-def _check_reward(reward: object) -> float:
-    """The reward as a float, refusing bools, non-numbers and values too large for float64."""
-    if isinstance(reward, bool) or not isinstance(reward, numbers.Real):
-        raise InvalidReward(f"reward must be a number, got {type(reward).__name__}")
-    try:
-        return float(reward)
-    except OverflowError:
-        raise InvalidReward(f"reward {reward!r} is too large") from None
-
-
-
-# learning.json's sections whose fields a partial update merges one by one.
-_SECTIONS = ("meta", "warmup", "linear", "drift", "refusal", "regimes", "feedback", "learning")
-
-
-def _merged(current: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """``update`` (a partial learning config) over ``current`` (a full one)."""
-    merged = dict(current)
-    for key, value in update.items():
-        if key in _SECTIONS and isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
-            merged[key] = {**current[key], **value}
-        else:
-            merged[key] = value
-    if "algorithm" in update and "settings" not in update and update["algorithm"] != current["algorithm"]:
-        merged["settings"] = {}
-    legacy = update.get("learning")
-    if isinstance(legacy, Mapping) and "min_exploration" in legacy and "exploration_floor" not in (
-            update.get("meta") or {}):
-        # The legacy floor, named by the update, sets the meta floor (which is always set now).
-        merged["meta"] = {**merged["meta"], "exploration_floor": legacy["min_exploration"]}
-    return merged
-
-
-def checked_learning(parsed: LearningConfig, options: tuple[str, ...], reward: RewardSpec) -> dict[str, Any]:
-    """A parsed learning config as a capsule with ``options`` and ``reward`` runs it (the
-    full config as JSON), once its option names, reward and rule settings are checked."""
-    parsed.check_options(options)
-    parsed.check_reward(reward)
-    config = parsed.to_dict()
-    check_rule_settings(config, len(options))
-    return config
-
-
-def check_rule_settings(learning: Mapping[str, Any], n_options: int) -> None:
-    """Check a learning config's ``settings`` against the rule they are for: the fixed
-    algorithm, or auto's single candidate."""
-    algorithm = learning["algorithm"]
-    if algorithm == "auto" and learning["candidates"] and len(learning["candidates"]) == 1:
-        algorithm = learning["candidates"][0]
-    _check_settings(algorithm, learning["settings"], n_options)
-
-
-def _plain_inputs(values: Mapping[str, Any] | None, what: str) -> dict[str, Any] | None:
-    """Features or metrics as plain JSON values (numpy scalars become Python ones), so the
-    decision is logged exactly as it was made; anything else is the encoder's to refuse."""
-    if values is None:
-        return None
-    if not isinstance(values, Mapping):
-        raise InvalidContext(f"{what} must be a mapping of name to value, got {type(values).__name__}")
-    out = {}
-    for name, value in values.items():
-        if not isinstance(name, str):
-            raise InvalidContext(f"{what} names must be strings, got {name!r}")
-        kind = type(value)
-        if kind is float or kind is str or kind is bool or kind is int:   # already plain
-            out[name] = value
-            continue
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, numbers.Real) and not isinstance(value, int):   # Fraction, Decimal
-            try:
-                value = float(value)
-            except (OverflowError, ValueError):
-                raise InvalidContext(f"{what}.{name} is not a finite float64, got {value!r}") from None
-        out[name] = value
-    return out
-
-
-def learning_of(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The full learning config of capsule ``config``.
-
-    A capsule installed without one (and every capsule logged before the learning layer)
-    runs exactly the rule it names, from its first decision: no warmup, no drift reset.
-    """
-    learning = config.get("learning")
-    if learning is not None:
-        return learning
-    return LearningConfig.parse({
-        "algorithm": config["algorithm"], "settings": dict(config["settings"]),
-        "warmup": {"feedbacks": 0}, "drift": {"enabled": False},
-    }).to_dict()
-
-
-def candidate_names(learning: Mapping[str, Any], reward: RewardSpec) -> list[str]:
-    """The rules a capsule's policy runs: the one it names, or auto's candidates."""
-    if learning["algorithm"] != "auto":
-        return [learning["algorithm"]]
-    if learning["candidates"]:
-        return list(learning["candidates"])
-    return list(LearningConfig.default_candidates(reward.kind, learning["contextSpec"]["kind"]))
-
-
-def _direct(learning: Mapping[str, Any], names: list[str]) -> bool:
-    """Whether the policy is exactly its one rule, so the learner may decide alone (the
-    compiled fast path: one call, no Python per decision)."""
-    return (len(names) == 1 and learning["algorithm"] not in ("linucb", "lints")
-            and learning["warmup"]["feedbacks"] == 0 and not learning["drift"]["enabled"]
-            and not learning["refusal"]["enabled"] and not learning["regimes"]["enabled"]
-            and learning["contextSpec"]["kind"] == "discrete"
-            and learning["feedback"]["reward_wait_seconds"] is None
-            and not learning["feedback"]["signals"]
-            and learning["actions"]["kind"] == "discrete")
 
 
 def _fresh_table(table: ArmTable, reward: RewardSpec) -> ArmTable:
@@ -312,13 +81,6 @@ def _fresh_table(table: ArmTable, reward: RewardSpec) -> ArmTable:
         "epochs": (np.frombuffer(state["epochs"], dtype=np.int64) + 1).tobytes(),
     })
     return fresh
-
-
-def _check_shadow_learning(learning: Mapping[str, Any]) -> None:
-    """A shadow capsule's feedback names the action taken, once: it fuses no signals."""
-    if learning["feedback"]["signals"]:
-        raise InvalidConfig("learning.json: feedback.signals cannot be used by a shadow capsule (each feedback"
-                            " names the option taken, so a decision takes one feedback)")
 
 
 def _context_stats(table: ArmTable, key: str, n_options: int,
@@ -1162,236 +924,3 @@ class Capsule:
     def __repr__(self) -> str:
         return f"Capsule({self.name!r}, options={list(self.options)!r}, algorithm={self.learning['algorithm']!r})"
 
-
-def _inputs_json(features, metrics, refusal) -> str | None:
-    """What a decision was made from beyond its key, as logged (None when nothing)."""
-    inputs = {}
-    if features is not None:
-        inputs["features"] = dict(features)
-    if metrics is not None:
-        inputs["metrics"] = dict(metrics)
-    if refusal is not None:
-        inputs["refusal"] = refusal
-    return encode_json(inputs).decode() if inputs else None
-
-
-class DurableCapsule(Capsule):
-    """A capsule whose decisions and feedback are in the WAL before they are acknowledged."""
-
-    __slots__ = ("_store",)
-
-    def __init__(self, config: dict[str, Any], store, budget=None, sandbox=None):
-        super().__init__(config, budget, sandbox)
-        self._store = store
-
-    def _submit_decision(self, context_key: str, input: object, features, metrics):
-        _check_context(context_key)
-        features = _plain_inputs(self._features_in(input, features), "features")
-        metrics = _plain_inputs(metrics, "metrics")
-        with self._lock:
-            self._store.check()
-            d, ticket, budget_ticket, error = self._log_decision(context_key, input, features, metrics)
-        if error is not None:
-            raise error
-        return d, ticket, budget_ticket
-
-    def _log_decision(self, context_key: str, input: object, features, metrics):
-        """Decide (inputs checked, the lock held) and submit the record: (decision, its
-        ticket, the budget's ticket, the error to raise once it is logged)."""
-        ts_ns = time.time_ns()
-        d, budget_ticket, error = self._decide_locked(context_key, input, features, metrics, ts_ns)
-        # d.context_key, not context_key: a program capsule may take it from the input.
-        learning_refusal = d.refusal if d.refused and d.decision_id is not None else None
-        ticket = self._store.submit(RecordType.DECISION, encode_decision(
-            self.uid, d.sequence, ts_ns, d.propensity,
-            REFUSED_OPTION if d.decision_id is None else d.option_index, d.context_key,
-            d.result_json, _inputs_json(features, metrics, learning_refusal),
-        ))
-        return d, ticket, budget_ticket, error
-
-    def _submit_decisions(self, requests):
-        """Decide and submit every request under one hold of the lock: (results, the last
-        WAL ticket, the last budget ticket). Waiting on the last covers them all."""
-        results: list[Any] = []
-        append = results.append
-        ticket = budget_ticket = None
-        requests = _batch(requests, "requests")
-        with self._lock:
-            self._store.check()
-            # The learner alone decides (no program, budget or policy), and the lock holds it so.
-            plain = self._plain
-            learner, submit, uid = self._learner, self._store.submit, self.uid
-            for request in requests:
-                if plain and type(request) is dict and len(request) == 1:
-                    # The common item, {"context_key": k}, in the fewest steps.
-                    context_key = request.get("context_key")
-                    if type(context_key) is str and len(context_key) <= MAX_CONTEXT_KEY and context_key.isascii():
-                        ts_ns = time.time_ns()
-                        d = learner.decide(context_key)
-                        ticket = submit(RecordType.DECISION, encode_decision(
-                            uid, d.sequence, ts_ns, d.propensity, d.option_index, context_key))
-                        append(d)
-                        continue
-                if type(request) is not dict or not request.keys() <= DECIDE_FIELDS:
-                    append(_bad_item(request, DECIDE_FIELDS))
-                    continue
-                try:
-                    context_key = request.get("context_key", "")
-                    input = request.get("input")
-                    _check_context(context_key)
-                    features = _plain_inputs(self._features_in(input, request.get("features")), "features")
-                    metrics = _plain_inputs(request.get("metrics"), "metrics")
-                    d, ticket, held, error = self._log_decision(context_key, input, features, metrics)
-                except _ITEM_ERRORS as exc:
-                    if isinstance(exc, StorageError):
-                        raise
-                    append(exc)
-                    continue
-                if held is not None:
-                    budget_ticket = held
-                append(d if error is None else error)
-        return results, ticket, budget_ticket
-
-    def _submit_feedbacks(self, items):
-        """Apply and submit every feedback under one hold of the lock: (results, the last
-        WAL ticket, the budget claims to finish once it is durable)."""
-        results: list[Any] = []
-        append = results.append
-        ticket = None
-        claims = []
-        items = _batch(items, "items")
-        with self._lock:
-            self._store.check()
-            for item in items:
-                if type(item) is not dict or "decision_id" not in item or not item.keys() <= FEEDBACK_FIELDS:
-                    append(_bad_item(item, FEEDBACK_FIELDS, "decision_id"))
-                    continue
-                get = item.get
-                try:
-                    learned = self._learn(item["decision_id"], get("reward"), get("cost"), get("components"),
-                                          get("signal"), get("taken_option"), get("taken_propensity"))
-                except _ITEM_ERRORS as exc:
-                    if isinstance(exc, StorageError):
-                        raise
-                    append(exc)
-                    continue
-                ticket = self._log_learned(learned)
-                if learned.claim is not None:
-                    claims.append(learned.claim)
-                append(None)
-        return results, ticket, claims
-
-    def _log_learned(self, learned: Learned):
-        """Submit the feedback record and the audit events of ``learned``; the last ticket."""
-        detail = None if learned.detail is None else encode_json(learned.detail).decode()
-        ts_ns = learned.ts_ns if learned.ts_ns is not None else time.time_ns()
-        ticket = self._store.submit(RecordType.FEEDBACK, FeedbackRecord(
-            self.uid, learned.sequence, ts_ns, learned.reward, learned.cost, detail,
-        ).encode())
-        for event in learned.events:
-            ticket = self._store.submit(RecordType.AUDIT, encode_json(
-                {"kind": "lifecycle", "capsule": self.name, "uid": self.uid, "details": event,
-                 "ts_ns": time.time_ns()}))
-        return ticket
-
-    def _submit_feedback(self, decision_id, reward, cost, components, signal, taken_option, taken_propensity):
-        with self._lock:
-            self._store.check()
-            learned = self._learn(decision_id, reward, cost, components, signal, taken_option, taken_propensity)
-            # The cost is logged too: if the budget journal loses its settlement (the two
-            # logs sync apart), recovery settles the hold from this record.
-            ticket = self._log_learned(learned)
-        return ticket, learned.claim
-
-    def decide(self, context_key: str = "", *, input: object = None, features=None, metrics=None) -> Decision:
-        d, ticket, budget_ticket = self._submit_decision(context_key, input, features, metrics)
-        self._store.wait(ticket)
-        if budget_ticket is not None:
-            self._budget.budget.wait(budget_ticket)
-        return d
-
-    def feedback(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
-                 components=None, signal=None, taken_option=None, taken_propensity=None) -> None:
-        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal, taken_option,
-                                              taken_propensity)
-        self._store.wait(ticket)
-        if claim is not None:
-            self._budget.finish(claim)
-
-    def decide_many(self, requests: list[dict[str, Any]]) -> list[Decision | SyntraError]:
-        results, ticket, budget_ticket = self._submit_decisions(requests)
-        if ticket is not None:   # one group commit covers every record before it
-            self._store.wait(ticket)
-        if budget_ticket is not None:
-            self._budget.budget.wait(budget_ticket)
-        return results
-
-    async def decide_many_async(self, requests: list[dict[str, Any]]) -> list[Decision | SyntraError]:
-        results, ticket, budget_ticket = self._submit_decisions(requests)
-        if ticket is not None:
-            await self._store.wait_async(ticket)
-        if budget_ticket is not None:
-            await self._budget.budget.wait_async(budget_ticket)
-        return results
-
-    def feedback_many(self, items: list[dict[str, Any]]) -> list[None | SyntraError]:
-        results, ticket, claims = self._submit_feedbacks(items)
-        if ticket is not None:
-            self._store.wait(ticket)
-        for claim in claims:
-            self._budget.finish(claim)
-        return results
-
-    async def feedback_many_async(self, items: list[dict[str, Any]]) -> list[None | SyntraError]:
-        results, ticket, claims = self._submit_feedbacks(items)
-        if ticket is not None:
-            await self._store.wait_async(ticket)
-        for claim in claims:
-            await self._budget.finish_async(claim)
-        return results
-
-    async def decide_async(self, context_key: str = "", *, input: object = None, features=None,
-                           metrics=None) -> Decision:
-        d, ticket, budget_ticket = self._submit_decision(context_key, input, features, metrics)
-        await self._store.wait_async(ticket)
-        if budget_ticket is not None:
-            await self._budget.budget.wait_async(budget_ticket)
-        return d
-
-    async def feedback_async(self, decision_id: str, reward: float | None = None, *, cost: int | None = None,
-                             components=None, signal=None, taken_option=None, taken_propensity=None) -> None:
-        ticket, claim = self._submit_feedback(decision_id, reward, cost, components, signal, taken_option,
-                                              taken_propensity)
-        await self._store.wait_async(ticket)
-        if claim is not None:
-            await self._budget.finish_async(claim)
-
-    def _expire(self, sequence: int, now_ns: int) -> Learned:
-        self._store.check()
-        learned = super()._expire(sequence, now_ns)
-        learned.claim = (learned.claim, self._log_learned(learned))
-        return learned
-
-    def _finish_expiry(self, learned: Learned) -> None:
-        claim, ticket = learned.claim
-        self._store.wait(ticket)
-        if claim is not None:
-            self._budget.finish(claim)
-
-    def _change(self, action: str, argument):
-        # Written ahead: an action the log does not have must not have happened.
-        self._store.check()
-        self._policy.check_action(action)
-        body = {"uid": self.uid, "name": self.name, "action": action, "ts_ns": time.time_ns()}
-        field = ACTION_FIELDS.get(action)
-        if field is not None:
-            body[field] = argument
-        if action == "update_reward_spec":   # the audit trail says whether learning starts afresh
-            body["statistics"] = self._reward_statistics(RewardSpec.parse(argument))
-        self._store.record(RecordType.LEARNING, encode_json(body))
-        event = super()._change(action, argument)
-        for derived in event.get("events", ()):   # an update that ended warmup, say
-            self._store.record(RecordType.AUDIT, encode_json(
-                {"kind": "lifecycle", "capsule": self.name, "uid": self.uid, "details": derived,
-                 "ts_ns": time.time_ns()}))
-        return event

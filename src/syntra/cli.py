@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from syntra_core.budget import BudgetError
 
 from syntra import __version__
-from syntra.capsule import ALGORITHMS
+from syntra.capsule_config import ALGORITHMS
 from syntra.cli_api import add_api_commands
 from syntra.cli_serve import add_serve
 from syntra.errors import SyntraError

@@ -45,14 +45,9 @@ import blake3
 from syntra.budget import Budget
 from syntra.budget.gate import BudgetSpec
 from syntra.program import ProgramSpec
-from syntra.capsule import (
-    Capsule,
-    DurableCapsule,
-    RewardSpec,
-    _check_options,
-    _check_settings,
-    checked_learning,
-)
+from syntra.capsule import Capsule, RewardSpec
+from syntra.capsule_config import _check_options, _check_settings, checked_learning
+from syntra.durable_capsule import DurableCapsule
 from syntra.errors import (
     CapsuleExists,
     InvalidConfig,

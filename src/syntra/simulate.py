@@ -38,7 +38,7 @@ from typing import Any
 
 from syntra_core.rng import RandomStream
 
-from syntra.capsule import ALGORITHMS, _check_context, _check_options
+from syntra.capsule_config import ALGORITHMS, _check_context, _check_options
 from syntra.engine import Engine
 from syntra.errors import InvalidConfig, InvalidContext, SyntraError
 
