@@ -75,14 +75,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
             yield await self._decide_batch(batch, context)
 
     async def _decide_batch(self, request, context) -> decision_pb2.DecideBatchResponse:
-        engine = self.state.live_engine()
-        principal = self.state.principal(context)
-        items = request.requests
-        if len(items) > MAX_BATCH:
-            raise invalid("requests", f"at most {MAX_BATCH} per batch, got {len(items)}")
-        self.state.limit(principal, max(len(items), 1))
-        results, groups = _group(engine, principal, "decide", request, decide_arguments,
-                                 decision_pb2.DecideResult)
+        results, groups = self._batch(context, "decide", request, decide_arguments, decision_pb2.DecideResult)
         for capsule, indices, arguments in groups.values():
             if "program" in capsule.config:
                 decided = await self.state.run_blocking(capsule.decide_many, arguments)
@@ -98,6 +91,17 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
                     results[index] = decision_pb2.DecideResult(decision=decision_message(outcome, shadow))
             self._count(capsule, made)
         return decision_pb2.DecideBatchResponse(results=results)
+
+    def _batch(self, context, role: str, request, convert, result_type):
+        """A batch's checks: the caller, the batch's size (spent from its rate), each item's
+        capsule, permission and fields. See :func:`_group` for what it returns."""
+        engine = self.state.live_engine()
+        principal = self.state.principal(context)
+        items = len(request.requests)
+        if items > MAX_BATCH:
+            raise invalid("requests", f"at most {MAX_BATCH} per batch, got {items}")
+        self.state.limit(principal, max(items, 1))
+        return _group(engine, principal, role, request, convert, result_type)
 
     def _count(self, capsule, decisions) -> None:
         metrics = self.state.metrics
@@ -121,14 +125,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
 
     @unary
     async def FeedbackBatch(self, request, context):
-        engine = self.state.live_engine()
-        principal = self.state.principal(context)
-        items = request.requests
-        if len(items) > MAX_BATCH:
-            raise invalid("requests", f"at most {MAX_BATCH} per batch, got {len(items)}")
-        self.state.limit(principal, max(len(items), 1))
-        results, groups = _group(engine, principal, "feedback", request, _feedback_item,
-                                 decision_pb2.FeedbackResult)
+        results, groups = self._batch(context, "feedback", request, _feedback_item, decision_pb2.FeedbackResult)
         for capsule, indices, arguments in groups.values():
             outcomes = await capsule.feedback_many_async(arguments)
             applied = 0

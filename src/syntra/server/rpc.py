@@ -159,32 +159,50 @@ async def _abort(state: ServiceState, context, method: str, failure: RpcFailure)
                         failure.trailing_metadata() + (("x-request-id", request_id),))
 
 
+class _Call:
+    """One call's bookkeeping: its status code for the metrics, and the abort that turns
+    a failure into that code."""
+
+    __slots__ = ("code", "context", "name", "started", "state")
+
+    def __init__(self, state: ServiceState, context, name: str):
+        self.state, self.context, self.name = state, context, name
+        self.code = "OK"
+        self.started = time.perf_counter()
+
+    def succeeded(self, request) -> None:
+        if self.name in LOGGED_ON_SUCCESS:
+            _log_success(self.context, self.name, request)
+
+    async def failed(self, exc: Exception) -> None:
+        """Abort with ``exc``'s status (raises grpc.aio.AbortError)."""
+        failure = exc if isinstance(exc, RpcFailure) else _failure(exc, self.name)
+        self.code = failure.code.name
+        await _abort(self.state, self.context, self.name, failure)
+
+    def finished(self) -> None:
+        self.state.metrics.rpc(self.name, self.code, time.perf_counter() - self.started)
+
+
 def unary(method):
-    """Wrap a servicer method (unary or client-streaming response): status codes, metrics,
-    logs."""
+    """Wrap a servicer method (unary or client-streaming request, one response): status
+    codes, metrics, logs."""
     name = method.__name__
 
     @functools.wraps(method)
     async def handler(self, request, context):
-        started = time.perf_counter()
-        code = "OK"
+        call = _Call(self.state, context, name)
         try:
             response = await method(self, request, context)
-            if name in LOGGED_ON_SUCCESS:
-                _log_success(context, name, request)
+            call.succeeded(request)
             return response
-        except RpcFailure as failure:
-            code = failure.code.name
-            await _abort(self.state, context, name, failure)
         except (asyncio.CancelledError, grpc.aio.AbortError):
-            code = "CANCELLED"
+            call.code = "CANCELLED"
             raise
         except Exception as exc:  # noqa: BLE001 - anything unexpected is INTERNAL, and logged
-            failure = _failure(exc, name)
-            code = failure.code.name
-            await _abort(self.state, context, name, failure)
+            await call.failed(exc)
         finally:
-            self.state.metrics.rpc(name, code, time.perf_counter() - started)
+            call.finished()
 
     return handler
 
@@ -195,25 +213,18 @@ def streaming(method):
 
     @functools.wraps(method)
     async def handler(self, request, context):
-        started = time.perf_counter()
-        code = "OK"
+        call = _Call(self.state, context, name)
         try:
             async for item in method(self, request, context):
                 yield item
-            if name in LOGGED_ON_SUCCESS:
-                _log_success(context, name, request)
-        except RpcFailure as failure:
-            code = failure.code.name
-            await _abort(self.state, context, name, failure)
+            call.succeeded(request)
         except (asyncio.CancelledError, grpc.aio.AbortError):
-            code = "CANCELLED"
+            call.code = "CANCELLED"
             raise
         except Exception as exc:  # noqa: BLE001 - anything unexpected is INTERNAL, and logged
-            failure = _failure(exc, name)
-            code = failure.code.name
-            await _abort(self.state, context, name, failure)
+            await call.failed(exc)
         finally:
-            self.state.metrics.rpc(name, code, time.perf_counter() - started)
+            call.finished()
 
     return handler
 
