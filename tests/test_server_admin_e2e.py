@@ -299,3 +299,29 @@ def test_logs_are_json_with_request_ids_and_never_hold_secrets(server, admin):
     text = "".join(server.stderr_lines)
     assert server.admin_key not in text
     assert created.secret.rsplit("_", 1)[1] not in text and "B" * 43 not in text
+
+
+def test_the_ops_port_serves_metrics_health_and_readiness(server, admin):
+    import urllib.request
+
+    name = install_plain(admin, "tenants/ops/jobs/j", "c")
+    for _ in range(5):
+        feedback(admin, name, decide(admin, name).decision_id, 1.0)
+    learning = admin.call(admin.capsules.InstallCapsule, capsule_pb2.InstallCapsuleRequest(
+        parent="tenants/ops/jobs/j", capsule_id="auto", options=["a", "b"], learning_config=struct({}))).name
+    base = f"http://{server.ops_address}"
+    with urllib.request.urlopen(base + "/healthz", timeout=10) as answer:
+        assert answer.status == 200
+    with urllib.request.urlopen(base + "/readyz", timeout=10) as answer:
+        assert answer.status == 200
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in text.splitlines() if line and not line.startswith("#")}
+    assert samples[f'syntra_decisions_total{{capsule="{name}"}}'] == 5
+    assert samples[f'syntra_feedback_total{{capsule="{name}"}}'] == 5
+    assert samples[f'syntra_capsule_lifecycle{{capsule="{name}",state="active"}}'] == 1
+    assert samples['syntra_rpc_duration_seconds_count{method="Decide"}'] >= 5
+    assert samples["syntra_wal_fsync_seconds_count"] >= 1 and samples["syntra_wal_batch_records_sum"] >= 10
+    shares = [v for k, v in samples.items() if k.startswith("syntra_meta_share{") and f'capsule="{learning}"' in k]
+    assert len(shares) >= 2 and abs(sum(shares) - 1) < 1e-6
