@@ -140,9 +140,11 @@ def test_read_log_streams_and_follows(admin):
         parent=name, kinds=["decision"], start_sequence=entries[-1].sequence + 1, follow=True),
         metadata=admin.metadata, timeout=30)
     later = []
-    threading.Timer(0.3, lambda: later.append(decide(admin, name).decision_id)).start()
+    timer = threading.Timer(0.3, lambda: later.append(decide(admin, name).decision_id))
+    timer.start()
     first = next(stream)
     stream.cancel()
+    timer.join(30)   # the entry may reach the stream before the Decide answer reaches the timer
     assert first.body["decision_id"] == later[0]
     bad = failing(lambda: list(admin.audit.ReadLog(audit_pb2.ReadLogRequest(kinds=["nope"]),
                                                    metadata=admin.metadata, timeout=10)))
