@@ -125,6 +125,8 @@ class Engine:
         # feedback.reward_wait_seconds); started with the first capsule that waits.
         self._waiter: threading.Thread | None = None
         self._waiter_lock = threading.Lock()
+        # Writes the Arrow logs of each sealed segment (durable engines; see Engine.open).
+        self._log_writer = None
         self._stop_waiting = threading.Event()
 
     @classmethod
@@ -158,6 +160,7 @@ class Engine:
         try:
             engine = cls._recover(store, seed, budget)
             writer = SegmentLogWriter(path, engine.capsule_config)
+            engine._log_writer = writer
             # Registered first, so a segment sealed meanwhile is written by one or the other.
             store.seal_handlers.append(writer.write)
             store.log_watermark = lambda: writer.handled_through
@@ -605,6 +608,8 @@ class Engine:
             if self._store is not None:
                 self._store.close(final_checkpoint=self.checkpoint if checkpoint else None)
         finally:
+            if self._log_writer is not None:
+                self._log_writer.close()   # its worker process, if a large seal started one
             self.budget.close()
 
     def __enter__(self) -> Engine:

@@ -23,11 +23,12 @@ none yet (or only a damaged one), converted on the fly, so the live segment's ta
 readable too. Where retention removed a segment whose file is missing or damaged, the rows
 are lost: :func:`read_log` says so (:class:`LogGaps`) rather than skip them silently.
 
-The code lives in five modules; everything public is re-exported here:
+The code lives in six modules; everything public is re-exported here:
 
 - :mod:`~syntra.store.logs.schemas`: the three schemas and WAL record -> row conversion;
 - :mod:`~syntra.store.logs.layout`: where segments and log files are, reading one, checked;
 - :mod:`~syntra.store.logs.writer`: :class:`SegmentLogWriter`;
+- :mod:`~syntra.store.logs.worker`: the process large seals are converted in (internal to the writer);
 - :mod:`~syntra.store.logs.reader`: :func:`read_log`, :class:`StoreConfigs`, :class:`LogGaps`;
 - :mod:`~syntra.store.logs.export`: :func:`export_log`.
 

@@ -2,7 +2,9 @@
 
 It writes a segment's three files once the WAL seals it, checks them all at open
 (:meth:`~SegmentLogWriter.catch_up`), and tells retention through ``handled_through``
-which segments are safe to remove.
+which segments are safe to remove. A large sealed segment is converted in a worker
+process (:mod:`~syntra.store.logs.worker`), so the conversion does not hold the serving
+process's GIL for seconds; :func:`write_segment_logs` is what runs there.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 
-from syntra.errors import StorageCorrupt, StorageError
+from syntra.errors import InvalidConfig, StorageCorrupt, StorageError
 from syntra.store.files import make_directory, remove_leftovers, write_atomically
 from syntra.store.logs.layout import (
     LOGS_DIR,
@@ -29,7 +32,9 @@ from syntra.store.logs.layout import (
     segment_records,
 )
 from syntra.store.logs.schemas import LOG_KINDS, Resolve, convert
+from syntra.store.logs.worker import LogWorker, WorkerDied
 from syntra_core.wal import WalCorrupt
+from syntra_core.wal_format import SegmentInfo
 
 log = logging.getLogger("syntra.store")
 
@@ -38,6 +43,9 @@ _CHECKED = ".checked.json"
 # How long before a catch-up started its note says it checked the files: a file's mtime
 # comes from a coarser clock than time.time_ns(), and may lag it by a tick.
 _CLOCK_MARGIN_NS = 1_000_000_000
+# Sealed segments of at least this many records are converted in the worker process: a
+# smaller one holds the GIL for less than ~70 ms, not worth a round trip to another process.
+OFFLOAD_RECORDS = 10_000
 
 
 class LogWriteFailed(StorageError):
@@ -59,15 +67,31 @@ class SegmentLogWriter:
     first one :meth:`catch_up` saw, has complete and valid log files: a segment whose logs
     failed holds it back until a later catch-up writes them. Retention must never remove a
     segment above it. It is 0 until :meth:`catch_up` runs.
+
+    :meth:`write` converts a segment of ``offload_records`` records or more in a worker
+    process (started by the first such segment, stopped with the thread that hands it
+    segments, by :meth:`close`, or with the writer), asking ``resolve`` for the configs it
+    needs; ``offload_records=None`` keeps every conversion in this process. If the worker
+    dies, the segment is converted here instead, with a warning. :meth:`catch_up` always
+    converts here: it runs at open, before anything is served.
     """
 
-    def __init__(self, store_path: str | os.PathLike, resolve: Resolve):
+    def __init__(self, store_path: str | os.PathLike, resolve: Resolve, *,
+                 offload_records: int | None = OFFLOAD_RECORDS):
+        if offload_records is not None and (
+                not isinstance(offload_records, int) or isinstance(offload_records, bool)
+                or offload_records < 0):
+            raise InvalidConfig(f"offload_records must be None or an integer >= 0,"
+                             f" got {offload_records!r}")
         self.store_path = Path(store_path)
         self._resolve = resolve
         self._lock = threading.Lock()
         self.handled_through = 0
         self._next = 1  # number of the segment handled_through waits for
         self._done: dict[int, int] = {}  # segment number -> last sequence, beyond _next
+        self.offload_records = offload_records
+        self.worker = LogWorker(write_segment_logs)
+        weakref.finalize(self, self.worker.close)
 
     def write(self, segment) -> list[Path]:
         """Make the log files of a sealed segment (a ``SegmentInfo``) complete and valid;
@@ -80,7 +104,31 @@ class SegmentLogWriter:
         stays unhandled, :class:`StorageCorrupt` if the segment's records cannot be read
         or converted, :class:`LogWriteFailed` if a file cannot be written.
         """
-        return self._handle(segment, self._write)
+        return self._handle(segment, self._write_sealed)
+
+    def close(self) -> None:
+        """Stop the worker process, after the segment it is converting. Idempotent; later
+        :meth:`write` calls convert in this process."""
+        self.worker.close()
+
+    def _write_sealed(self, segment) -> list[Path]:
+        """:meth:`_write` in the worker process if the segment is large enough."""
+        records = segment.last_sequence - segment.first_sequence + 1
+        if self.offload_records is None or records < self.offload_records:
+            return self._write(segment)
+        # A plain SegmentInfo pickles whatever type the caller passed.
+        info = SegmentInfo(segment.number, os.fspath(segment.path), segment.first_sequence,
+                           segment.last_sequence, segment.sealed)
+        try:
+            return self.worker.run((self.store_path, info), self._resolve)
+        except WorkerDied as exc:
+            if self.worker.closed:
+                return self._write(segment)
+            log.warning("Arrow log worker failed on WAL segment %s (%s); converting it in"
+                        " this process", segment.path, exc)
+            # What it was writing when it died: nothing else writes here (we hold the lock).
+            self._remove_leftovers()
+            return self._write(segment)
 
     def _handle(self, segment, check: Callable[[object], list[Path]]) -> list[Path]:
         """Run ``check(segment)`` and count the segment as handled if it does not raise."""
@@ -98,45 +146,10 @@ class SegmentLogWriter:
             return written
 
     def _paths(self, segment) -> dict[str, Path]:
-        return {kind: log_path(self.store_path, kind, segment.path) for kind in LOG_KINDS}
+        return _log_paths(self.store_path, segment)
 
     def _write(self, segment) -> list[Path]:
-        paths = self._paths(segment)
-        span = (segment.first_sequence, segment.last_sequence)
-        kept: dict[str, pa.Table] = {}
-        for kind, path in paths.items():
-            if not os.path.exists(path):
-                continue
-            try:
-                kept[kind] = read_log_file(path, kind, full=False, within=span)
-            except StorageCorrupt as exc:
-                log.warning("%s; rewriting it from the WAL", exc)
-        if len(kept) == len(paths) and _covers(
-                [table.column("wal_sequence") for table in kept.values()], *span):
-            return []
-        tables = self._convert(segment)
-        written = []
-        for kind, path in paths.items():
-            if kind in kept and kept[kind].equals(tables[kind]):
-                continue
-            if kind in kept:  # readable, but not this segment's rows
-                log.warning("Arrow log %s does not match its WAL segment; rewriting it", path)
-            try:
-                make_directory(path.parent)
-                write_atomically(path, _write_arrow(tables[kind]))
-            except OSError as exc:
-                raise LogWriteFailed(f"cannot write Arrow log {path}: {exc}") from None
-            written.append(path)
-        return written
-
-    def _convert(self, segment) -> dict[str, pa.Table]:
-        try:
-            records = segment_records(segment.path)
-        except WalCorrupt as exc:
-            raise StorageCorrupt(f"WAL damaged: {exc}") from None
-        except OSError as exc:
-            raise LogWriteFailed(f"cannot read WAL segment {segment.path}: {exc}") from None
-        return convert(records, self._resolve)
+        return write_segment_logs(self.store_path, segment, resolve=self._resolve)
 
     def catch_up(self, wal) -> int:
         """Check the log files of every sealed segment of ``wal``, write the missing or bad
@@ -242,3 +255,51 @@ class SegmentLogWriter:
         remove_leftovers(self.store_path / LOGS_DIR)
         for kind in LOG_KINDS:
             remove_leftovers(self.store_path / LOGS_DIR / kind)
+
+
+def _log_paths(store_path: Path, segment) -> dict[str, Path]:
+    return {kind: log_path(store_path, kind, segment.path) for kind in LOG_KINDS}
+
+
+def write_segment_logs(store_path: Path, segment, *, resolve: Resolve) -> list[Path]:
+    """Make the three log files of sealed ``segment`` in ``store_path`` complete and valid;
+    return the files written (see :meth:`SegmentLogWriter.write`, which adds the
+    bookkeeping). Also the job of the worker process, so it uses nothing of the writer's.
+    """
+    paths = _log_paths(store_path, segment)
+    span = (segment.first_sequence, segment.last_sequence)
+    kept: dict[str, pa.Table] = {}
+    for kind, path in paths.items():
+        if not os.path.exists(path):
+            continue
+        try:
+            kept[kind] = read_log_file(path, kind, full=False, within=span)
+        except StorageCorrupt as exc:
+            log.warning("%s; rewriting it from the WAL", exc)
+    if len(kept) == len(paths) and _covers(
+            [table.column("wal_sequence") for table in kept.values()], *span):
+        return []
+    tables = _convert(segment, resolve)
+    written = []
+    for kind, path in paths.items():
+        if kind in kept and kept[kind].equals(tables[kind]):
+            continue
+        if kind in kept:  # readable, but not this segment's rows
+            log.warning("Arrow log %s does not match its WAL segment; rewriting it", path)
+        try:
+            make_directory(path.parent)
+            write_atomically(path, _write_arrow(tables[kind]))
+        except OSError as exc:
+            raise LogWriteFailed(f"cannot write Arrow log {path}: {exc}") from None
+        written.append(path)
+    return written
+
+
+def _convert(segment, resolve: Resolve) -> dict[str, pa.Table]:
+    try:
+        records = segment_records(segment.path)
+    except WalCorrupt as exc:
+        raise StorageCorrupt(f"WAL damaged: {exc}") from None
+    except OSError as exc:
+        raise LogWriteFailed(f"cannot read WAL segment {segment.path}: {exc}") from None
+    return convert(records, resolve)
