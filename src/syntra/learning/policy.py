@@ -16,10 +16,13 @@ Lifecycle:
 * ``frozen`` (an operator's action): serve from the current state, learn nothing, log
   everything. Unfreezing resumes learning where it stopped.
 
-Drift (ADWIN, on rewards scaled to [0, 1], one detector per option because the reward of
-the capsule as a whole rises as it learns): at capsule scope a change returns the capsule
-to warmup with fresh statistics; at context scope it resets that context's statistics
-only. Every transition is returned as an event for the capsule to audit.
+Drift (ADWIN, one detector per option because the reward of the capsule as a whole rises
+as it learns): at capsule scope a change returns the capsule to warmup with fresh
+statistics; at context scope it resets that context's statistics only. A context's
+detectors read its rewards scaled to [0, 1]. The capsule's read the same while the capsule
+has one context; with several, each reward's surprise against its (context, option) mean
+so far, since learning alone moves the contexts an option is played in and with them its
+pooled mean. Every transition is returned as an event for the capsule to audit.
 """
 
 from __future__ import annotations
@@ -173,6 +176,8 @@ class Policy:
         self.drift_enabled = drift["enabled"]
         self.capsule_detectors = [self._detector(drift["capsule_delta"]) for _ in options] if self.drift_enabled else []
         self.context_detectors: dict[tuple[str, int], Adwin] = {}
+        # Whether the capsule detectors read surprises (see _capsule_value), not rewards.
+        self.capsule_surprise = False
         self.drift_events: list[dict[str, Any]] = []
         self.refusal = (RefusalPolicy(config["refusal"], feature_dim=self.features)
                         if config["refusal"]["enabled"] else None)
@@ -397,7 +402,7 @@ class Policy:
             if self.trained >= self.warmup_feedbacks:
                 events.append(self._finish_warmup())
         if self.drift_enabled:
-            events.extend(self._watch_drift(sequence, entry, scaled))
+            events.extend(self._watch_drift(sequence, entry, reward, scaled))
         return events
 
     def _finish_warmup(self) -> dict[str, Any]:
@@ -423,38 +428,79 @@ class Policy:
         return {"event": "warmup_complete", "from": WARMUP, "to": ACTIVE, "reward_kind": kind,
                 "initial_candidate": initial, "feedbacks": self.trained}
 
-    def _watch_drift(self, sequence: int, entry: Pending, scaled: float) -> list[dict[str, Any]]:
-        arm = entry.arm
-        # ``scaled`` is a float in [0, 1]: past the wrapper's type checks, straight to the
-        # compiled detector (which still checks the value).
-        if self.capsule_detectors[arm].update_checked(scaled):
-            before = self.lifecycle
-            self._restart_after_drift()
-            # Back to warmup, or straight on (with fresh statistics) when warmup.feedbacks is 0.
-            event = {"event": "drift", "scope": "capsule", "option": self.options[arm],
-                     "sequence": sequence, "from": before, "to": self.lifecycle}
-            self.drift_events.append(event)
-            return [event]
-        key = (entry.context_key, arm)
+    def _watch_drift(self, sequence: int, entry: Pending, reward: float, scaled: float) -> list[dict[str, Any]]:
+        arm, context_key = entry.arm, entry.context_key
+        key = (context_key, arm)
         detector = self.context_detectors.get(key)
         if detector is None:
             delta = self.config["drift"]["context_delta"]
-            if delta is None or len(self.context_detectors) >= MAX_CONTEXT_DETECTORS:
-                return []
-            detector = self.context_detectors[key] = self._detector(delta)
-        if not detector.update_checked(scaled):
+            if delta is not None and len(self.context_detectors) < MAX_CONTEXT_DETECTORS:
+                detector = self.context_detectors[key] = self._detector(delta)
+        value = self._capsule_value(context_key, arm, reward, scaled, detector)
+        # ``value`` is a float in [0, 1]: past the wrapper's type checks, straight to the
+        # compiled detector (which still checks the value).
+        if value is not None and self.capsule_detectors[arm].update_checked(value):
+            return [self._capsule_drift(sequence, arm)]
+        if detector is None or not detector.update_checked(scaled):
             return []
-        self.table.reset_context(entry.context_key)
+        self.table.reset_context(context_key)
         if self.hierarchy is not None:
-            self._reset_levels(entry.context_key)
+            self._reset_levels(context_key)
         for other in range(len(self.options)):
-            found = self.context_detectors.get((entry.context_key, other))
+            found = self.context_detectors.get((context_key, other))
             if found is not None:
                 found.reset()
-        event = {"event": "drift", "scope": "context", "context": entry.context_key,
+        event = {"event": "drift", "scope": "context", "context": context_key,
                  "option": self.options[arm], "sequence": sequence}
         self.drift_events.append(event)
         return [event]
+
+    def _capsule_value(self, context_key: str, arm: int, reward: float, scaled: float,
+                       detector: Adwin | None) -> float | None:
+        """What the capsule detector of ``arm`` reads for this reward (None: nothing).
+
+        In a capsule of one context, the scaled reward itself. Once there are several, an
+        option's pooled reward moves whenever learning shifts the contexts it is played in,
+        so the detector reads the reward's *surprise* instead: ``(1 + scaled - baseline) / 2``,
+        where the baseline is the mean scaled reward of ``arm`` in ``context_key`` before this
+        one, since the context's statistics last (re)started (None for the first reward).
+        The baseline's error is no bias (earlier rewards are independent of the next), so
+        the surprise stays at 0.5 on average whatever the mix of contexts; and as a mean
+        since the last reset it absorbs a change by only 1/n per reward, so the detector
+        sees the change for about as long as it would have seen the reward's own.
+
+        The baseline is ``detector``'s window mean (the pair's context-scope detector: its
+        window holds every reward since it started, as its cuts reset the context), else
+        the table's (which has this reward already), past MAX_CONTEXT_DETECTORS."""
+        table = self.table
+        if len(table) <= 1:   # one context: no mix to correct for
+            return scaled
+        if not self.capsule_surprise:
+            # A second context appeared: the windows hold rewards, not surprises.
+            for capsule_detector in self.capsule_detectors:
+                capsule_detector.reset()
+            self.capsule_surprise = True
+        if detector is not None:
+            if detector.width == 0:
+                return None
+            return 0.5 + 0.5 * (scaled - detector.estimation)
+        pulls = int(table.pulls(context_key)[arm]) - 1
+        if pulls < 1:
+            return None
+        low = table.reward_low
+        width = table.reward_high - low
+        before = (float(table.reward_sums(context_key)[arm]) - reward) / pulls
+        return 0.5 + 0.5 * (scaled - (before - low) / width)
+
+    def _capsule_drift(self, sequence: int, arm: int) -> dict[str, Any]:
+        """Restart the capsule after a capsule-scope change; the event, recorded."""
+        before = self.lifecycle
+        self._restart_after_drift()
+        # Back to warmup, or straight on (with fresh statistics) when warmup.feedbacks is 0.
+        event = {"event": "drift", "scope": "capsule", "option": self.options[arm],
+                 "sequence": sequence, "from": before, "to": self.lifecycle}
+        self.drift_events.append(event)
+        return event
 
     def _reset_levels(self, context_key: str) -> None:
         """Forget what the hierarchy's levels learned in ``context_key`` (rows keyed
@@ -528,6 +574,7 @@ class Policy:
                 mine.import_state(theirs.export_state())
         if config["drift"] == previous["drift"]:
             self.capsule_detectors, self.context_detectors = old.capsule_detectors, old.context_detectors
+            self.capsule_surprise = old.capsule_surprise
         if config["refusal"] == previous["refusal"] and old.refusal is not None:
             self.refusal = old.refusal
         if config["regimes"] == previous["regimes"] and old.regimes is not None:
@@ -642,6 +689,7 @@ class Policy:
             "meta_initial": [self.meta.initial, self.meta.prior_trials],
             "candidates": [c.export_state() for c in self.candidates],
             "capsule_detectors": [d.export_state() for d in self.capsule_detectors],
+            "capsule_surprise": self.capsule_surprise,
             "context_detectors": [[k, a, d.export_state()] for (k, a), d in self.context_detectors.items()],
             "drift_events": list(self.drift_events),
             "refusal": None if self.refusal is None else self.refusal.export_state(),
@@ -674,6 +722,8 @@ class Policy:
             raise ValueError("policy state has a different number of drift detectors")
         for detector, entry in zip(self.capsule_detectors, state["capsule_detectors"]):
             detector.import_state(entry)
+        # Absent from states written before surprises: their windows hold rewards.
+        self.capsule_surprise = bool(state.get("capsule_surprise", False))
         delta = self.config["drift"]["context_delta"]
         for key, arm, entry in state["context_detectors"]:
             detector = self._detector(delta)
