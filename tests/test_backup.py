@@ -79,7 +79,7 @@ def test_a_bundle_taken_under_traffic_restores_exactly_the_snapshot(tmp_path):
                 cost = COSTS["small"] if capsule.name == PRICED else None
                 capsule.feedback(d.decision_id, float(turn % 2), cost=cost)
                 events.append(("feedback", capsule.name, d.decision_id, started, next(clock)))
-        except Exception as exc:   # reported by the main thread
+        except Exception as exc:  # noqa: BLE001 - reported by the main thread
             failures.append(exc)
 
     threads = [threading.Thread(target=traffic, args=(i,)) for i in range(3)]
