@@ -294,8 +294,8 @@ class LoadClient(_Subprocess):
         return self._ask({"op": "latency", "tag": tag}, 60.0)
 
 
-def percentile(values: list[int], q: float) -> float:
-    ordered = sorted(values)
+def percentile(ordered: list[int], q: float) -> float:
+    """The ``q`` quantile of ``ordered`` (sorted ascending), nearest rank."""
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
@@ -362,7 +362,7 @@ class _Runner:
         return {"calls": calls, "decisions": decisions, "seconds": time.perf_counter() - started}
 
     def latency(self, tag: str) -> dict:
-        values = self.latencies.pop(tag, [])
+        values = sorted(self.latencies.pop(tag, []))
         if not values:
             return {"count": 0, "p50_us": None, "p99_us": None}
         return {"count": len(values), "p50_us": round(percentile(values, 0.50) / 1e3, 1),
@@ -495,23 +495,17 @@ def client_main() -> int:
 
 def install_plain_capsule(address: str, token: str, capsule_id: str) -> str:
     """Install a plain bandit (options a, b, c; Bernoulli reward) and return its name."""
-    from syntra.v1 import capsule_pb2, capsule_pb2_grpc
-    request = capsule_pb2.InstallCapsuleRequest(parent=BENCH_PARENT, capsule_id=capsule_id,
-                                                options=list(PLAIN_OPTIONS))
-    request.reward_spec.update({"type": "bernoulli"})
-    with grpc.insecure_channel(address) as channel:
-        stub = capsule_pb2_grpc.CapsuleServiceStub(channel)
-        return stub.InstallCapsule(request, metadata=(("authorization", f"Bearer {token}"),), timeout=60).name
+    from syntra.client import Client
+    with Client(address, token=token, timeout=60) as client:
+        return client.install_capsule(BENCH_PARENT, capsule_id, options=list(PLAIN_OPTIONS),
+                                      reward={"type": "bernoulli"})["name"]
 
 
 def decisions_made(address: str, token: str, capsule: str) -> int:
     """How many decisions the server's report says ``capsule`` has made."""
-    from syntra.v1 import capsule_pb2, capsule_pb2_grpc
-    with grpc.insecure_channel(address) as channel:
-        stub = capsule_pb2_grpc.CapsuleServiceStub(channel)
-        report = stub.GetReport(capsule_pb2.GetReportRequest(name=capsule),
-                                metadata=(("authorization", f"Bearer {token}"),), timeout=60).report
-    return int(report["decisions"])
+    from syntra.client import Client
+    with Client(address, token=token, timeout=60) as client:
+        return client.report(capsule)["decisions"]
 
 
 def wal_counters(ops_address: str) -> dict[str, float]:

@@ -255,7 +255,7 @@ class RetryClient:
         if not isinstance(prepared.body, bytes | str | type(None)):
             return self._run(prepared, send_arguments, endpoint, RetryPolicy(1, 0, 1), _Outcome())
 
-        before = self.stats(endpoint)
+        before = self._stats_of(endpoint)
         decision = self._syntra.decide(self._capsule, input={
             "endpoint": endpoint, "failure_rate": before.failure_rate, "p99_ms": before.p99_ms},
             fallback=self._fallback)
@@ -309,7 +309,9 @@ class RetryClient:
 
     def stats(self, url: str) -> EndpointStats:
         """What the window says about the endpoint ``url`` calls (a URL or an endpoint)."""
-        endpoint = endpoint_of(url)
+        return self._stats_of(endpoint_of(url))
+
+    def _stats_of(self, endpoint: str) -> EndpointStats:
         with self._lock:
             window = self._windows.get(endpoint)
             if window is None:

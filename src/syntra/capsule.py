@@ -843,6 +843,12 @@ class Capsule:
         """How many decisions still await feedback."""
         return self._learner.pending
 
+    def candidates(self) -> dict[str, Any]:
+        """The meta-bandit's candidate rules: trials, estimated value and share of each (the
+        ``candidates`` of :meth:`report`, without walking every context)."""
+        with self._lock:
+            return self._policy.meta.report()
+
     def report(self) -> dict[str, Any]:
         """What the capsule has learned: per context, plays, mean reward and the leader
         (``best_option``: the most played option, ties going to the higher mean; for a

@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 from syntra_core.budget import BudgetError
 
@@ -338,7 +338,7 @@ class _DemoProgress:
             with self._lock:
                 print(f"  {outcome.example}: {outcome.decisions:,} decisions in {outcome.seconds:.1f} s", flush=True)
 
-    def __enter__(self) -> _DemoProgress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -130,7 +130,6 @@ def _calling(run: Callable[[Any, argparse.Namespace], int]) -> Callable[[argpars
             except argparse.ArgumentTypeError as error:
                 print(f"{args.parser.prog}: error: ${SERVER_ENV}: {error}", file=sys.stderr)
                 return 2
-        token = args.token or os.environ.get(TOKEN_ENV) or None
         timeout = args.timeout or args.default_timeout
         tls: bool | bytes = args.tls
         if args.tls_ca:
@@ -140,7 +139,8 @@ def _calling(run: Callable[[Any, argparse.Namespace], int]) -> Callable[[argpars
                 print(f"{args.parser.prog}: error: --tls-ca: {error.strerror}: {args.tls_ca}", file=sys.stderr)
                 return 2
         try:
-            with Client(server, token=token, timeout=timeout, tls=tls) as client:
+            # No --token: the client reads $SYNTRA_TOKEN itself.
+            with Client(server, token=args.token or None, timeout=timeout, tls=tls) as client:
                 return run(client, args)
         except SyntraRpcError as error:
             print(f"{args.parser.prog}: error: {error.code.name}: {error.message}", file=sys.stderr)
@@ -166,8 +166,9 @@ def _table(headers: list[str], rows: list[list[str]], align: str) -> str:
 
 def _fields(pairs: list[tuple[str, Any]]) -> str:
     """A two-column table of the pairs whose value is not None."""
-    rows = [[name, _text(value)] for name, value in pairs if value is not None]
-    return "\n".join(f"{name:<{max(len(r[0]) for r in rows)}}  {value}" for name, value in rows)
+    rows = [(name, _text(value)) for name, value in pairs if value is not None]
+    width = max((len(name) for name, _ in rows), default=0)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
 
 def _text(value: Any) -> str:

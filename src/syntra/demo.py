@@ -327,7 +327,6 @@ class DemoServer:
         self.address = ""
         self.ops_address = ""
         self.process: subprocess.Popen | None = None
-        self.exit_code: int | None = None
 
     @property
     def store(self) -> Path:
@@ -385,8 +384,7 @@ class DemoServer:
             except subprocess.TimeoutExpired:
                 self.kill()
                 raise DemoFailed(f"the server did not stop within {timeout:g} s of SIGTERM; killed it") from None
-        self.exit_code = self.process.returncode
-        return self.exit_code
+        return self.process.returncode
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -454,14 +452,17 @@ class Demo:
 
     def _close(self) -> None:
         try:
-            if self.client is not None:
-                self.client.close()
-                self.client = None
+            self._close_client()
         finally:
             try:
                 self.server.stop()
             except DemoFailed:
                 pass  # killed; the caller is already leaving with its own outcome
+
+    def _close_client(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
     def install(self) -> dict[str, str]:
         """Install every example capsule, ``examples/<example>/capsule.yaml`` with its
@@ -498,7 +499,7 @@ class Demo:
                 outcomes[world.example] = outcome
                 if finished is not None:
                     finished(outcome)
-            except BaseException as exc:  # re-raised in the caller's thread below
+            except BaseException as exc:  # noqa: BLE001  re-raised in the caller's thread below
                 failures.append(exc)
 
         threads = [threading.Thread(target=run, args=(world,), daemon=True) for world in WORLDS]
@@ -547,8 +548,9 @@ class Demo:
             if advance is not None:
                 advance(len(requests))
         seconds = time.perf_counter() - started
-        learned = {entry["key"]: entry for entry in self.client.list_contexts(name)}
-        drift = self.client.report(name).get("drift_events", ())
+        report = self.client.report(name)
+        learned = report["contexts"]
+        drift = report.get("drift_events", ())
         return ScenarioOutcome(
             title=world.title, example=world.example, name=name, meaning=world.meaning,
             options=world.options, decisions=self.rounds * len(contexts), seconds=seconds,
@@ -579,9 +581,7 @@ class Demo:
 
     def stop(self) -> int:
         """Stop the server gracefully (SIGTERM); its exit code."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        self._close_client()
         return self.server.stop()
 
 
@@ -589,9 +589,8 @@ def _outcome(world: World, context: str, learned: dict[str, Any] | None, earned:
              rewarded: int) -> ContextOutcome:
     pulls = dict.fromkeys(world.options, 0)
     best = None
-    if learned is not None:
-        for stats in learned["options"]:
-            pulls[stats["option"]] = int(stats["pulls"])
+    if learned is not None:  # the context's entry in the capsule's report
+        pulls.update(learned["pulls"])
         best = learned["best_option"] or None
     return ContextOutcome(
         context=context, learned_best=best, true_best=world.true_best(context), pulls=pulls,

@@ -56,10 +56,13 @@ class DurableCapsule(Capsule):
         super().__init__(config, budget, sandbox)
         self._store = store
 
-    def _submit_decision(self, context_key: str, input: object, features, metrics):
+    def _checked_inputs(self, context_key: str, input: object, features, metrics):
+        """A decision's features and metrics as logged, once its inputs are checked."""
         _check_context(context_key)
-        features = _plain_inputs(self._features_in(input, features), "features")
-        metrics = _plain_inputs(metrics, "metrics")
+        return _plain_inputs(self._features_in(input, features), "features"), _plain_inputs(metrics, "metrics")
+
+    def _submit_decision(self, context_key: str, input: object, features, metrics):
+        features, metrics = self._checked_inputs(context_key, input, features, metrics)
         with self._lock:
             self._store.check()
             d, ticket, budget_ticket, error = self._log_decision(context_key, input, features, metrics)
@@ -108,11 +111,9 @@ class DurableCapsule(Capsule):
                     append(_bad_item(request, DECIDE_FIELDS))
                     continue
                 try:
-                    context_key = request.get("context_key", "")
-                    input = request.get("input")
-                    _check_context(context_key)
-                    features = _plain_inputs(self._features_in(input, request.get("features")), "features")
-                    metrics = _plain_inputs(request.get("metrics"), "metrics")
+                    context_key, input = request.get("context_key", ""), request.get("input")
+                    features, metrics = self._checked_inputs(context_key, input, request.get("features"),
+                                                             request.get("metrics"))
                     d, ticket, held, error = self._log_decision(context_key, input, features, metrics)
                 except _ITEM_ERRORS as exc:
                     if isinstance(exc, StorageError):

@@ -36,7 +36,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,11 @@ def _derive(label: bytes, *parts: bytes, size: int) -> bytes:
         hasher.update(len(part).to_bytes(4, "little") + part)
     return hasher.digest(size)
 
+
+def state_digest_of(engine: dict[str, Any], capsules: list[dict[str, Any]]) -> bytes:
+    """The :meth:`Engine.state_digest` of an exported state (a checkpoint's engine and
+    capsules, or :meth:`Engine._snapshot`'s)."""
+    return blake3.blake3(encode_state({"engine": engine, "capsules": capsules})).digest()
 
 
 _log = logging.getLogger("syntra.engine")
@@ -571,29 +577,36 @@ class Engine:
         if self._store is None:
             raise InvalidConfig("an in-memory engine has no checkpoints")
         with self._store.checkpoint_lock:
-            with self._lock:
-                locks = [c._lock for c in self.capsules()]
-                for lock in locks:
-                    lock.acquire()
-                try:
-                    # Every change so far was applied before it was submitted; once the WAL
-                    # is flushed, its head is exactly the state we export. The budget
-                    # journal too, so no settlement the checkpoint counts can be lost.
-                    self._store.wal.flush()
-                    self.budget.flush()
-                    sequence = self._store.wal.durable_sequence
-                    head = self._store.wal.head_digest
-                    engine, capsules = self._snapshot()
-                finally:
-                    for lock in locks:
-                        lock.release()
+            with self._quiesced() as (sequence, head):
+                engine, capsules = self._snapshot()
             return self._store.write_checkpoint(sequence, head, engine, capsules)
+
+    @contextmanager
+    def _quiesced(self) -> Iterator[tuple[int, bytes]]:
+        """Hold the engine's and every capsule's lock with the WAL and the budget journal
+        flushed, yielding the WAL's durable sequence and head digest: the state exported
+        meanwhile is exactly the log's through that record (durable engines; the caller
+        holds the store's ``checkpoint_lock``, as a checkpoint or a backup does)."""
+        with self._lock:
+            locks = [c._lock for c in self.capsules()]
+            for lock in locks:
+                lock.acquire()
+            try:
+                # Every change so far was applied before it was submitted; once the WAL
+                # is flushed, its head is exactly the state we export. The budget
+                # journal too, so no settlement the state counts can be lost.
+                self._store.wal.flush()
+                self.budget.flush()
+                yield self._store.wal.durable_sequence, self._store.wal.head_digest
+            finally:
+                for lock in locks:
+                    lock.release()
 
     def state_digest(self) -> bytes:
         """BLAKE3 of the whole learned state: equal digests mean bit-identical state."""
         with self._lock:
             engine, capsules = self._snapshot()
-        return blake3.blake3(encode_state({"engine": engine, "capsules": capsules})).digest()
+        return state_digest_of(engine, capsules)
 
     def close(self, *, checkpoint: bool = True) -> None:
         """Flush the WAL, write a final checkpoint and release the store. Idempotent.

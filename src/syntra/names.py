@@ -16,9 +16,13 @@ from dataclasses import dataclass
 
 from syntra.errors import InvalidName
 
-_PART = r"[A-Za-z0-9_-]{1,128}"
-_CAPSULE_NAME = re.compile(rf"tenants/({_PART})/jobs/({_PART})/capsules/({_PART})")
-_PART_ONLY = re.compile(_PART)
+# One part of a name, as a regular expression (other resource patterns build on it).
+NAME_PART = r"[A-Za-z0-9_-]{1,128}"
+_CAPSULE_NAME = re.compile(rf"tenants/({NAME_PART})/jobs/({NAME_PART})/capsules/({NAME_PART})")
+_PART_ONLY = re.compile(NAME_PART)
+# The parents a capsule lives under, for APIs that list or scope by them.
+TENANT_NAME = re.compile(rf"tenants/{NAME_PART}")
+JOB_NAME = re.compile(rf"tenants/{NAME_PART}/jobs/{NAME_PART}")
 
 
 @dataclass(frozen=True, slots=True)

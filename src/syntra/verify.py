@@ -49,10 +49,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import blake3
 
 from syntra.budget import Budget
-from syntra.engine import BUDGET_DIRECTORY, Engine
+from syntra.engine import BUDGET_DIRECTORY, Engine, state_digest_of
 from syntra.errors import StorageCorrupt, StorageError
 from syntra.store import checkpoint as ckpt
 from syntra.store.logs import (
@@ -65,7 +64,6 @@ from syntra.store.logs import (
     wal_segments,
 )
 from syntra.store.records import RecordType, decode_json, log_kind
-from syntra.store.state import encode_state
 from syntra_core.wal import WalCorrupt, scan
 from syntra_core.wal import verify as verify_chain
 from syntra_core.wal_format import segment_number
@@ -475,8 +473,7 @@ def _replay_message(record, exc: Exception) -> str:
 
 def _checkpoint_state(checkpoint: ckpt.Checkpoint) -> bytes:
     """The :meth:`Engine.state_digest` of the state a checkpoint holds."""
-    state = {"engine": checkpoint.engine, "capsules": checkpoint.capsules}
-    return blake3.blake3(encode_state(state)).digest()
+    return state_digest_of(checkpoint.engine, checkpoint.capsules)
 
 
 __all__ = ["Problem", "VerifyReport", "verify_store"]

@@ -73,6 +73,16 @@ class AsyncClient:
                 await asyncio.sleep(attempts.delay_after(error))
         return attempts.answer(response)
 
+    async def _all_pages(self, page_call, timeout: float | None) -> list[dict]:
+        """Every item of a paged list call; ``page_call(page_token)`` makes one page's call."""
+        found: list[dict] = []
+        page_token = ""
+        while True:
+            page, page_token = await self._unary(page_call(page_token), timeout)
+            found.extend(page)
+            if not page_token:
+                return found
+
     def _stream_timeout(self, timeout: float | None) -> float | None:
         return None if timeout is None else self._settings.call_timeout(timeout)
 
@@ -129,18 +139,20 @@ class AsyncClient:
         sizes: collections.deque[int] = collections.deque()
         failures: list[BaseException] = []
 
+        async def each_batch():
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield batch
+            else:
+                for batch in batches:
+                    yield batch
+
         async def requests():
             try:
-                if isinstance(batches, AsyncIterable):
-                    async for batch in batches:
-                        request = decide_batch_request(capsule, batch)
-                        sizes.append(len(request.requests))
-                        yield request
-                else:
-                    for batch in batches:
-                        request = decide_batch_request(capsule, batch)
-                        sizes.append(len(request.requests))
-                        yield request
+                async for batch in each_batch():
+                    request = decide_batch_request(capsule, batch)
+                    sizes.append(len(request.requests))
+                    yield request
             except Exception as exc:  # noqa: BLE001  gRPC would swallow it: end the stream, raise it below
                 failures.append(exc)
 
@@ -176,13 +188,7 @@ class AsyncClient:
         return await self._unary(calls.by_name("GetCapsule", name), timeout)
 
     async def list_capsules(self, parent: str = "", *, timeout: float | None = None) -> list[dict]:
-        found: list[dict] = []
-        page_token = ""
-        while True:
-            page, page_token = await self._unary(calls.list_capsules_page(parent, page_token), timeout)
-            found.extend(page)
-            if not page_token:
-                return found
+        return await self._all_pages(lambda page_token: calls.list_capsules_page(parent, page_token), timeout)
 
     async def delete_capsule(self, name: str, *, timeout: float | None = None) -> None:
         await self._unary(calls.by_name("DeleteCapsule", name, parse=lambda response: None), timeout)
@@ -206,13 +212,7 @@ class AsyncClient:
         return await self._unary(calls.report(name), timeout)
 
     async def list_contexts(self, name: str, *, timeout: float | None = None) -> list[dict]:
-        found: list[dict] = []
-        page_token = ""
-        while True:
-            page, page_token = await self._unary(calls.list_contexts_page(name, page_token), timeout)
-            found.extend(page)
-            if not page_token:
-                return found
+        return await self._all_pages(lambda page_token: calls.list_contexts_page(name, page_token), timeout)
 
     async def memory(self, name: str, *, timeout: float | None = None) -> dict:
         return await self._unary(calls.memory(name), timeout)
@@ -250,7 +250,7 @@ class AsyncClient:
 
     async def backup(self, out: IO[bytes], *, timeout: float | None = None) -> dict:
         """See :meth:`Client.backup`."""
-        receiver = calls.BackupReceiver(out)
+        receiver = calls.BackupReceiver()
         stream = self._stub("admin").Backup(admin_pb2.BackupRequest(), timeout=self._stream_timeout(timeout),
                                             metadata=self._settings.metadata)
         try:

@@ -277,10 +277,9 @@ def revoke_token(name: str) -> Unary:
 
 
 class BackupReceiver:
-    """Writes a Backup stream's bundle to ``out`` and checks it against its manifest."""
+    """Checks a Backup stream's bundle against its manifest, chunk by chunk."""
 
-    def __init__(self, out: IO[bytes]):
-        self.out = out
+    def __init__(self):
         self.manifest: admin_pb2.BackupManifest | None = None
         self.size = 0
         self.digest = blake3.blake3()

@@ -4,6 +4,7 @@ gRPC retry UNAVAILABLE with exponential backoff, and the bearer-token metadata."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -77,8 +78,9 @@ class Settings:
         _positive(timeout, "timeout")
         return float(timeout)
 
-    @property
+    @functools.cached_property
     def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The bearer-token metadata every call sends (made once: decide is a hot path)."""
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
     def service_config(self) -> str:

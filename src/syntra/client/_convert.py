@@ -111,8 +111,7 @@ def decide_request(capsule: str, context_key: str = "", features=None, metrics=N
                    *, field: str = "") -> decision_pb2.DecideRequest:
     request = decision_pb2.DecideRequest(capsule=text(capsule, f"{field}capsule"),
                                          context_key=text(context_key, f"{field}context_key"))
-    if features is not None:
-        fill_struct(request.features, features, f"{field}features")
+    fill_struct(request.features, features, f"{field}features")
     _number_map(request.metrics, metrics, f"{field}metrics")
     if input is not None:
         fill_value(request.input, input, f"{field}input")

@@ -73,6 +73,16 @@ class Client:
                 time.sleep(attempts.delay_after(error))
         return attempts.answer(response)
 
+    def _all_pages(self, page_call, timeout: float | None) -> list[dict]:
+        """Every item of a paged list call; ``page_call(page_token)`` makes one page's call."""
+        found: list[dict] = []
+        page_token = ""
+        while True:
+            page, page_token = self._unary(page_call(page_token), timeout)
+            found.extend(page)
+            if not page_token:
+                return found
+
     def _stream_timeout(self, timeout: float | None) -> float | None:
         return None if timeout is None else self._settings.call_timeout(timeout)
 
@@ -188,13 +198,7 @@ class Client:
 
     def list_capsules(self, parent: str = "", *, timeout: float | None = None) -> list[dict]:
         """Every capsule under ``parent`` the caller may read (all pages)."""
-        found: list[dict] = []
-        page_token = ""
-        while True:
-            page, page_token = self._unary(calls.list_capsules_page(parent, page_token), timeout)
-            found.extend(page)
-            if not page_token:
-                return found
+        return self._all_pages(lambda page_token: calls.list_capsules_page(parent, page_token), timeout)
 
     def delete_capsule(self, name: str, *, timeout: float | None = None) -> None:
         self._unary(calls.by_name("DeleteCapsule", name, parse=lambda response: None), timeout)
@@ -220,13 +224,7 @@ class Client:
 
     def list_contexts(self, name: str, *, timeout: float | None = None) -> list[dict]:
         """Every context the capsule has seen (all pages)."""
-        found: list[dict] = []
-        page_token = ""
-        while True:
-            page, page_token = self._unary(calls.list_contexts_page(name, page_token), timeout)
-            found.extend(page)
-            if not page_token:
-                return found
+        return self._all_pages(lambda page_token: calls.list_contexts_page(name, page_token), timeout)
 
     def memory(self, name: str, *, timeout: float | None = None) -> dict:
         """The capsule's learned memory (``name`` is the capsule's, with or without /memory)."""
@@ -273,7 +271,7 @@ class Client:
     def backup(self, out: IO[bytes], *, timeout: float | None = None) -> dict:
         """Write a backup bundle to ``out``; returns its manifest, once the bytes received
         match it (size and BLAKE3; DATA_LOSS if not)."""
-        receiver = calls.BackupReceiver(out)
+        receiver = calls.BackupReceiver()
         stream = self._stubs["admin"].Backup(admin_pb2.BackupRequest(), timeout=self._stream_timeout(timeout),
                                              metadata=self._settings.metadata)
         try:

@@ -34,7 +34,7 @@ from syntra.engine import Engine
 from syntra.errors import InvalidConfig
 from syntra.server.admin import AdminServicer
 from syntra.server.audit import AuditServicer
-from syntra.server.auth import FailedAuthLimiter, TokenStore
+from syntra.server.auth import MIN_ADMIN_KEY_CHARS, FailedAuthLimiter, TokenStore
 from syntra.server.capsules import CapsuleServicer
 from syntra.server.decisions import DecisionServicer
 from syntra.server.ops import Metrics, OpsServer
@@ -61,7 +61,6 @@ SERVICES = (
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 ADMIN_KEY_ENV = "SYNTRA_ADMIN_KEY"
-MIN_ADMIN_KEY = 32
 STORE_DIRECTORY = "store"
 TOKENS_FILE = "tokens.json"
 
@@ -95,18 +94,17 @@ class ServerConfig:
         if self.admin_key is None and not self.dev_mode:
             raise InvalidConfig(f"no admin key: set {ADMIN_KEY_ENV} or pass --admin-key-file"
                                 " (or --dev-mode, on loopback only, for development)")
-        if self.admin_key is not None and len(self.admin_key) < MIN_ADMIN_KEY:
-            raise InvalidConfig(f"the admin key must be at least {MIN_ADMIN_KEY} characters")
+        if self.admin_key is not None and len(self.admin_key) < MIN_ADMIN_KEY_CHARS:
+            raise InvalidConfig(f"the admin key must be at least {MIN_ADMIN_KEY_CHARS} characters")
+        loopback = {}
         for option, address in (("--listen", self.listen), ("--ops-listen", self.ops_listen)):
-            if address is None:
-                continue
-            host, _ = split_address(address, option)
-            if self.dev_mode and not _loopback(host):
-                raise InvalidConfig(f"{option} {address}: dev mode serves on loopback only")
+            if address is not None:
+                loopback[option] = _loopback(split_address(address, option)[0])
+                if self.dev_mode and not loopback[option]:
+                    raise InvalidConfig(f"{option} {address}: dev mode serves on loopback only")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidConfig("TLS needs both --tls-cert and --tls-key")
-        host, _ = split_address(self.listen, "--listen")
-        if self.tls_cert is None and not self.plaintext and not _loopback(host):
+        if self.tls_cert is None and not self.plaintext and not loopback["--listen"]:
             raise InvalidConfig(f"--listen {self.listen}: tokens would cross the network in plaintext; give"
                                 " --tls-cert and --tls-key, or --plaintext behind a TLS-terminating proxy")
 

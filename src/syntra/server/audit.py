@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import re
 
 from syntra_core.learner import format_decision_id
 
 from syntra.errors import StorageCorrupt
-from syntra.server.convert import fill_struct
+from syntra.names import JOB_NAME, TENANT_NAME
+from syntra.server.convert import capsule_name, fill_struct
 from syntra.server.rpc import ServiceState, streaming, unary
 from syntra.server.status import invalid
-from syntra.store.records import DecisionRecord, FeedbackRecord, RecordType, decode_json
+from syntra.store.records import (
+    REFUSED_OPTION,
+    DecisionRecord,
+    FeedbackRecord,
+    RecordType,
+    decode_json,
+)
 from syntra.v1 import audit_pb2, audit_pb2_grpc
 from syntra.verify import verify_store
 
@@ -31,8 +37,6 @@ KINDS = {
     RecordType.CAPSULE_UNINSTALLED: "uninstall",
     RecordType.ENGINE_CREATED: "engine",
 }
-_PART = r"[A-Za-z0-9_-]{1,128}"
-_PARENT = re.compile(rf"tenants/{_PART}(/jobs/{_PART}(/capsules/{_PART})?)?")
 READ_CHUNK = 512
 FOLLOW_POLL_SECONDS = 0.05
 
@@ -45,8 +49,8 @@ class AuditServicer(audit_pb2_grpc.AuditServiceServicer):
     async def ReadLog(self, request, context):
         engine = self.state.live_engine()
         parent = request.parent
-        if parent and not _PARENT.fullmatch(parent):
-            raise invalid("parent", "must be a tenant, a job, a capsule, or empty (the whole log)")
+        if parent and not (TENANT_NAME.fullmatch(parent) or JOB_NAME.fullmatch(parent)):
+            capsule_name(parent, "parent")   # a capsule, installed or not: an uninstalled one's log stays
         unknown = set(request.kinds) - set(KINDS.values())
         if unknown:
             raise invalid("kinds", f"unknown kinds {sorted(unknown)}; known: {sorted(KINDS.values())}")
@@ -110,7 +114,7 @@ def _entry(engine, record) -> audit_pb2.LogEntry:
     if record.rtype == RecordType.DECISION:
         d = DecisionRecord.decode(record.payload)
         config = engine.capsule_config(d.capsule_uid)
-        refused = d.option_index >= len(config["options"])
+        refused = d.option_index == REFUSED_OPTION
         body = {"decision_id": format_decision_id(d.sequence, config["tag"]), "sequence": d.sequence,
                 "option": None if refused else config["options"][d.option_index],
                 "option_index": d.option_index if not refused else -1, "propensity": d.propensity,

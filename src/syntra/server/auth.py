@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from syntra.errors import InvalidConfig, StorageCorrupt, SyntraError
+from syntra.names import NAME_PART, TENANT_NAME
 from syntra.store.files import make_directory, write_atomically
 
 ROLES = ("admin", "tenant_admin", "decide", "feedback", "read")
@@ -45,10 +46,8 @@ MAX_SCOPES = 64
 MAX_DISPLAY_NAME_CHARS = 256
 TOKEN_FILE_FORMAT = 1
 
-_PART = r"[A-Za-z0-9_-]{1,128}"
-_TENANT = re.compile(rf"tenants/{_PART}")
-_JOB_OR_CAPSULE = re.compile(rf"tenants/{_PART}/jobs/{_PART}(?:/capsules/{_PART})?")
-_ANY_RESOURCE = re.compile(rf"tenants/{_PART}(?:/jobs/{_PART}(?:/capsules/{_PART})?)?")
+_JOB_OR_CAPSULE = re.compile(rf"tenants/{NAME_PART}/jobs/{NAME_PART}(?:/capsules/{NAME_PART})?")
+_ANY_RESOURCE = re.compile(rf"tenants/{NAME_PART}(?:/jobs/{NAME_PART}(?:/capsules/{NAME_PART})?)?")
 _TOKEN_ID = re.compile(r"[0-9a-f]{16}")
 # syn_<16 hex id>_<43 base64url characters: 32 bytes unpadded>
 _SECRET = re.compile(r"syn_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
@@ -117,7 +116,7 @@ class Scope:
             if resource:
                 raise InvalidScope("resource", f"an admin scope has an empty resource, got {_shown(resource)}")
         elif role == "tenant_admin":
-            if not _TENANT.fullmatch(resource):
+            if not TENANT_NAME.fullmatch(resource):
                 raise InvalidScope(
                     "resource",
                     "a tenant_admin scope's resource is tenants/{tenant} with a part of 1-128"
@@ -160,7 +159,7 @@ def _within(resource: str, prefix: str) -> bool:
 class Principal:
     """An authenticated caller: a name and the scopes it holds."""
 
-    __slots__ = ("_admin", "_grants", "_tenants", "name", "scopes")
+    __slots__ = ("_admin", "_grants", "name", "scopes")
 
     def __init__(self, name: str, scopes: Iterable[Scope]):
         self.name = name
@@ -174,7 +173,6 @@ class Principal:
             for role in roles:
                 grants.setdefault(role, []).append(scope.resource)
         self._grants = {role: tuple(resources) for role, resources in grants.items()}
-        self._tenants = tuple(s.resource for s in self.scopes if s.role == "tenant_admin")
 
     @classmethod
     def dev(cls) -> Principal:
@@ -204,7 +202,8 @@ class Principal:
             return True
         if scope.role == "admin":
             return False
-        return any(_within(scope.resource, tenant) for tenant in self._tenants)
+        # Only a tenant_admin scope grants the tenant_admin role: these are its tenants.
+        return any(_within(scope.resource, tenant) for tenant in self._grants.get("tenant_admin", ()))
 
     def may_manage(self, token: TokenInfo) -> bool:
         """May this principal see or revoke ``token``: could it have granted every scope?"""

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 
 from syntra.authoring import install_arguments
-from syntra.errors import SyntraError
-from syntra.names import CapsuleName
-from syntra.server.convert import capsule_message, fill_struct, struct_to_dict
+from syntra.names import JOB_NAME, TENANT_NAME
+from syntra.server.convert import (
+    capsule_message,
+    capsule_name,
+    fill_struct,
+    struct_to_dict,
+)
 from syntra.server.rpc import ServiceState, unary
 from syntra.server.status import invalid
 from syntra.v1 import capsule_pb2, capsule_pb2_grpc
 
-_PART = r"[A-Za-z0-9_-]{1,128}"
-_JOB = re.compile(rf"tenants/({_PART})/jobs/({_PART})")
-_TENANT = re.compile(rf"tenants/({_PART})")
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 MAX_SPEC_BYTES = 1 << 20
@@ -50,18 +50,11 @@ def decode_page_token(token: str) -> str | None:
     return last
 
 
-def capsule_name(name: str, field: str = "name") -> str:
-    try:
-        return str(CapsuleName.parse(name))
-    except SyntraError as exc:
-        raise invalid(field, str(exc)) from None
-
-
 def _scope_prefix(parent: str) -> str:
     """The name prefix of what ``parent`` (a tenant, a job or empty) holds."""
     if not parent:
         return ""
-    if _JOB.fullmatch(parent) or _TENANT.fullmatch(parent):
+    if JOB_NAME.fullmatch(parent) or TENANT_NAME.fullmatch(parent):
         return parent + "/"
     raise invalid("parent", f"must be tenants/{{tenant}} or tenants/{{tenant}}/jobs/{{job}}, got {parent[:200]!r}")
 
@@ -71,15 +64,12 @@ class CapsuleServicer(capsule_pb2_grpc.CapsuleServiceServicer):
         self.state = state
 
     def _capsule(self, context, role: str, name: str, field: str = "name"):
-        engine = self.state.live_engine()
-        name = capsule_name(name, field) if name not in engine else name
-        self.state.authorize(context, role, name)
-        return engine.capsule(name)
+        return self.state.capsule(context, role, name, field)[1]
 
     @unary
     async def InstallCapsule(self, request, context):
         engine = self.state.live_engine()
-        if not _JOB.fullmatch(request.parent):
+        if not JOB_NAME.fullmatch(request.parent):
             raise invalid("parent", f"must be tenants/{{tenant}}/jobs/{{job}}, got {request.parent[:200]!r}")
         source = request.WhichOneof("source")
         arguments = {}

@@ -1,8 +1,8 @@
 """Single Decide and Feedback calls that reach the event loop together go to the engine
 together.
 
-Each call waits for the WAL's group commit that covers its record. Submitted one by one
-from the event loop, every call would be a lone writer with a commit, a task and a
+Each call waits for the WAL's group commit that covers its record. Were each submitted
+alone by the event loop, every call would be a lone writer with a commit, a task and a
 cross-thread wake-up of its own. Instead a call joins its capsule's queue. A capsule has
 at most one batch in the engine at a time: the queue is drained (one
 ``decide_many_async`` or ``feedback_many_async``: one lock hold, one commit wait) as soon

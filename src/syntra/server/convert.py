@@ -6,13 +6,14 @@ gets INVALID_ARGUMENT with the field, not a bare "bad request".
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
 
+from syntra.errors import SyntraError
+from syntra.names import CapsuleName
 from syntra.server.status import invalid
 from syntra.v1 import capsule_pb2, decision_pb2
 
@@ -22,6 +23,17 @@ MAX_FEATURES = 256
 MAX_METRICS = 64
 MAX_COMPONENTS = 64
 MAX_JSON_DEPTH = 32
+
+
+def capsule_name(name: str, field: str) -> str:
+    """``name`` if it is a capsule's resource name, else INVALID_ARGUMENT naming ``field``."""
+    if not name:
+        raise invalid(field, "is required (tenants/{tenant}/jobs/{job}/capsules/{capsule})")
+    try:
+        CapsuleName.parse(name)
+    except SyntraError as exc:
+        raise invalid(field, str(exc)) from None
+    return name
 
 
 def finite(value: float, field: str) -> float:
@@ -178,7 +190,3 @@ def capsule_message(capsule) -> capsule_pb2.Capsule:
         fill_struct(message.policy, program["policy"])
     fill_struct(message.budget, config.get("budget"))
     return message
-
-
-def json_size(data: Any) -> int:
-    return len(json.dumps(_jsonable(data), separators=(",", ":")))

@@ -13,9 +13,13 @@ from typing import Any
 import grpc
 
 from syntra.errors import InvalidContext, SyntraError
-from syntra.names import CapsuleName
 from syntra.server.coalesce import Coalescer
-from syntra.server.convert import decide_arguments, decision_message, feedback_arguments
+from syntra.server.convert import (
+    capsule_name,
+    decide_arguments,
+    decision_message,
+    feedback_arguments,
+)
 from syntra.server.rpc import ServiceState, streaming, unary
 from syntra.server.status import RpcFailure, failure_for, invalid, item_error
 from syntra.v1 import decision_pb2, decision_pb2_grpc
@@ -24,35 +28,17 @@ MAX_BATCH = 10_000
 MAX_DECISION_ID = 64
 
 
-def _capsule_name(name: str, field: str) -> str:
-    if not name:
-        raise invalid(field, "is required (tenants/{tenant}/jobs/{job}/capsules/{capsule})")
-    try:
-        CapsuleName.parse(name)
-    except SyntraError as exc:
-        raise invalid(field, str(exc)) from None
-    return name
-
-
 class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
     def __init__(self, state: ServiceState):
         self.state = state
         self._decides = Coalescer("decide_many_async")
         self._feedbacks = Coalescer("feedback_many_async")
 
-    def _capsule(self, engine, context, role: str, name: str, field: str):
-        """The capsule ``name`` if the caller may act as ``role`` on it."""
-        if name not in engine:
-            _capsule_name(name, field)
-        principal = self.state.authorize(context, role, name)
-        return principal, engine.capsule(name)
-
     # --- deciding -------------------------------------------------------------------------
 
     @unary
     async def Decide(self, request, context):
-        engine = self.state.live_engine()
-        principal, capsule = self._capsule(engine, context, "decide", request.capsule, "capsule")
+        principal, capsule = self.state.capsule(context, "decide", request.capsule, "capsule")
         self.state.limit(principal)
         arguments = decide_arguments(request, "")
         try:
@@ -114,8 +100,7 @@ class DecisionServicer(decision_pb2_grpc.DecisionServiceServicer):
 
     @unary
     async def Feedback(self, request, context):
-        engine = self.state.live_engine()
-        principal, capsule = self._capsule(engine, context, "feedback", request.capsule, "capsule")
+        principal, capsule = self.state.capsule(context, "feedback", request.capsule, "capsule")
         self.state.limit(principal)
         arguments = feedback_arguments(request, "")
         arguments["decision_id"] = decision_id = _decision_id(request.decision_id, "decision_id")
@@ -152,7 +137,7 @@ def _group(engine, principal, role: str, request, convert, result_type):
             group = groups.get(name)
             if group is None:
                 if name not in engine:
-                    _capsule_name(name, f"{field}capsule")
+                    capsule_name(name, f"{field}capsule")
                 if not principal.allows(role, name):
                     raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, f"{principal.name} may not {role} on {name}")
                 group = groups[name] = (engine.capsule(name), [], [])

@@ -23,7 +23,6 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
-from syntra.errors import SyntraError
 from syntra.learning.policy import ACTIVE, FROZEN, WARMUP
 
 logger = logging.getLogger("syntra.ops")
@@ -186,17 +185,13 @@ def _capsule_metrics(engine: Any) -> Iterator[Metric]:
     )
     for capsule in engine.capsules():
         name = capsule.name
-        try:
-            report = capsule.report()
-        except SyntraError as exc:   # uninstalled while we listed it
-            logger.debug("skipped %s in the metrics: %s", name, exc)
-            continue
-        current = report["lifecycle"]
+        # Not report(): it walks every context under the capsule's lock, stalling its decisions.
+        current = capsule.lifecycle
         for state in LIFECYCLE_STATES:
             lifecycle.add_metric([name, state], 1.0 if state == current else 0.0)
-        decisions.add_metric([name], report["decisions"])
-        pending.add_metric([name], report["pending"])
-        for candidate, entry in report.get("candidates", {}).items():
+        decisions.add_metric([name], capsule.decisions)
+        pending.add_metric([name], capsule.pending)
+        for candidate, entry in capsule.candidates().items():
             shares.add_metric([name, candidate], entry["share"])
     yield from (lifecycle, decisions, pending, shares)
 

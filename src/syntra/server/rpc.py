@@ -19,6 +19,7 @@ import grpc
 
 from syntra.server import jsonlog
 from syntra.server.auth import FailedAuthLimiter, Principal, TokenStore, Unauthenticated
+from syntra.server.convert import capsule_name
 from syntra.server.ops import Metrics
 from syntra.server.ratelimit import RateLimiter
 from syntra.server.status import RpcFailure, failure_for
@@ -105,6 +106,16 @@ class ServiceState:
             what = f"{role} on {resource}" if resource else role
             raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, f"{principal.name} may not {what}")
         return principal
+
+    def capsule(self, context, role: str, name: str, field: str):
+        """(caller, capsule ``name``) if the caller may act as ``role`` on it: a malformed
+        name is INVALID_ARGUMENT, a forbidden one PERMISSION_DENIED (before NOT_FOUND, so
+        a caller learns nothing of capsules it may not touch)."""
+        engine = self.live_engine()
+        if name not in engine:
+            capsule_name(name, field)
+        principal = self.authorize(context, role, name)
+        return principal, engine.capsule(name)
 
     def limit(self, principal: Principal, items: int = 1) -> None:
         """Spend ``items`` of the caller's decide/feedback rate, or refuse with the delay."""

@@ -70,7 +70,7 @@ from syntra_core.wal_format import segment_number
 
 from syntra.budget import ARENA_FILE
 from syntra.budget.journal import TOOL_JOURNALS
-from syntra.engine import BUDGET_DIRECTORY, SANDBOX_DIRECTORY, Engine
+from syntra.engine import BUDGET_DIRECTORY, SANDBOX_DIRECTORY, Engine, state_digest_of
 from syntra.errors import (
     InvalidArgument,
     InvalidConfig,
@@ -80,7 +80,6 @@ from syntra.errors import (
 )
 from syntra.store import checkpoint as ckpt
 from syntra.store.files import fsync_directory, make_directory
-from syntra.store.state import encode_state
 from syntra.verify import verify_store
 
 MANIFEST = "backup.json"
@@ -219,29 +218,17 @@ class _Moment:
 def _capture(engine: Engine, store, files: ExitStack) -> _Moment:
     """Take the bundle's checkpoint and open every file it copies (closed by ``files``).
 
-    The same locks as Engine.checkpoint: with every change applied and both logs flushed,
-    the WAL head is exactly the state exported. A better home for this is a public Engine
-    hook that yields that moment.
+    The moment Engine.checkpoint takes: with every change applied and both logs flushed,
+    the WAL head is exactly the state exported.
     """
     budget = engine.budget
     journal = budget._wal
     with store.checkpoint_lock:   # also keeps retention and pruning off the files below
-        with engine._lock:
-            locks = [capsule._lock for capsule in engine.capsules()]
-            for lock in locks:
-                lock.acquire()
-            try:
-                store.check()
-                store.wal.flush()
-                budget.flush()
-                sequence = store.wal.durable_sequence
-                head = store.wal.head_digest
-                engine_state, capsule_states = engine._snapshot()
-                journal_sequence = journal.durable_sequence if journal is not None else 0
-                created_ns = time.time_ns()
-            finally:
-                for lock in locks:
-                    lock.release()
+        store.check()   # a failed WAL's flush would raise its own error, not StorageError
+        with engine._quiesced() as (sequence, head):
+            engine_state, capsule_states = engine._snapshot()
+            journal_sequence = journal.durable_sequence if journal is not None else 0
+            created_ns = time.time_ns()
         checkpoint = store.write_checkpoint(sequence, head, engine_state, capsule_states)
         root = Path(os.path.abspath(store.path))   # the logs name their files by absolute path
         sources = [_open_source(files, root, checkpoint)]
@@ -253,7 +240,7 @@ def _capture(engine: Engine, store, files: ExitStack) -> _Moment:
         if budget.directory is not None:
             sources += _tool_journals(files, root, Path(budget.directory))
         sources += _sandbox_files(files, root)
-    state_digest = blake3.blake3(encode_state({"engine": engine_state, "capsules": capsule_states})).digest()
+    state_digest = state_digest_of(engine_state, capsule_states)
     arena = {"accounts": budget.arena.account_capacity, "reservations": budget.arena.reservation_capacity}
     return _Moment(sequence, head, state_digest, len(capsule_states), journal_sequence, arena,
                    created_ns, sources)
@@ -571,7 +558,7 @@ def _verify_staged(staging: Path, manifest: dict[str, Any], verify_key) -> Resto
     if report.last_sequence != sequence:
         raise BackupInvalid(f"the bundle's WAL ends at sequence {report.last_sequence}, {MANIFEST} says {sequence}")
     checkpoint = ckpt.read_checkpoint(staging / f"checkpoints/ckpt-{sequence:020d}{ckpt.SUFFIX}", verify_key)
-    state_digest = blake3.blake3(encode_state({"engine": checkpoint.engine, "capsules": checkpoint.capsules})).digest()
+    state_digest = state_digest_of(checkpoint.engine, checkpoint.capsules)
     for what, found, listed in (("head digest", checkpoint.head_digest.hex(), manifest["head_digest"]),
                                 ("state digest", state_digest.hex(), manifest["state_digest"]),
                                 ("capsule count", len(checkpoint.capsules), manifest["capsules"])):

@@ -21,6 +21,7 @@ raises :class:`WorkerDied` and the next job starts a new child.
 
 from __future__ import annotations
 
+import functools
 import logging
 import pickle
 import socket
@@ -255,21 +256,10 @@ def _serve(connection: Connection, job: Callable[..., Any], level: int) -> None:
             return
         _, arguments = message
         try:
-            reply = ("done", job(*arguments, resolve=_remembering(resolve)))
+            # A fresh cache each job: the parent is asked once per capsule, not per record.
+            reply = ("done", job(*arguments, resolve=functools.cache(resolve)))
         except Exception as exc:  # noqa: BLE001 (it is the caller's to handle)
             if not isinstance(exc, SyntraError):
                 exc.add_note("in the log worker process:\n" + traceback.format_exc())
             reply = ("failed", _sendable(exc))
         connection.send(reply)
-
-
-def _remembering(resolve: Callable[[int], Any]) -> Callable[[int], Any]:
-    """``resolve`` asking the parent once per capsule, not once per record."""
-    known: dict[int, Any] = {}
-
-    def remembered(uid: int) -> Any:
-        if uid not in known:
-            known[uid] = resolve(uid)
-        return known[uid]
-
-    return remembered

@@ -122,12 +122,11 @@ class SegmentLogWriter:
         try:
             return self.worker.run((self.store_path, info), self._resolve)
         except WorkerDied as exc:
-            if self.worker.closed:
-                return self._write(segment)
-            log.warning("Arrow log worker failed on WAL segment %s (%s); converting it in"
-                        " this process", segment.path, exc)
-            # What it was writing when it died: nothing else writes here (we hold the lock).
-            self._remove_leftovers()
+            if not self.worker.closed:
+                log.warning("Arrow log worker failed on WAL segment %s (%s); converting it in"
+                            " this process", segment.path, exc)
+                # What it was writing when it died: nothing else writes here (we hold the lock).
+                self._remove_leftovers()
             return self._write(segment)
 
     def _handle(self, segment, check: Callable[[object], list[Path]]) -> list[Path]:
